@@ -1,1 +1,2 @@
-//! leakwarden sidecar
+//! leakwarden sidecar library.
+pub mod policy;

@@ -1,0 +1,362 @@
+//! Policy: which process families to watch, which rules to enforce, what is protected.
+//!
+//! [`schema`] is the YAML schema (serde, unknown fields rejected); [`load`]/[`parse`] turn text
+//! into a validated [`Policy`] or a [`PolicyError`] that names the file, line and column.
+
+pub mod schema;
+pub mod units;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+pub use schema::*;
+
+/// The built-in default policy (families for Chromium, chromedriver and crashpad; an
+/// orphaned-tree kill rule; report-only leak, FD and zombie rules).
+pub const DEFAULT_POLICY_YAML: &str = include_str!("default.yaml");
+
+/// Where a policy came from, for messages.
+pub const BUILTIN_SOURCE: &str = "<built-in default policy>";
+
+/// Why a policy was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: cannot read policy: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    InvalidUnlocated { path: PathBuf, message: String },
+}
+
+impl PolicyError {
+    /// Line and column, when known.
+    pub fn location(&self) -> Option<(usize, usize)> {
+        match self {
+            PolicyError::Invalid { line, column, .. } => Some((*line, *column)),
+            _ => None,
+        }
+    }
+}
+
+/// Read and validate a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// The built-in default policy.
+pub fn builtin() -> Policy {
+    match parse(DEFAULT_POLICY_YAML, Path::new(BUILTIN_SOURCE)) {
+        Ok(p) => p,
+        // The embedded file is checked by a unit test; this branch cannot be reached by input.
+        Err(e) => panic!("built-in policy is invalid: {e}"),
+    }
+}
+
+/// Parse and validate policy text; `path` is used in messages only.
+pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+    let mut policy: Policy = serde_norway::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        // serde_norway appends " at line L column C" to its message; keep ours clean.
+        let message = match message.find(" at line ") {
+            Some(i) => message[..i].to_string(),
+            None => message,
+        };
+        match e.location() {
+            Some(loc) => PolicyError::Invalid {
+                path: path.to_path_buf(),
+                line: loc.line(),
+                column: loc.column(),
+                message,
+            },
+            None => PolicyError::InvalidUnlocated {
+                path: path.to_path_buf(),
+                message,
+            },
+        }
+    })?;
+    if policy.families.is_empty() {
+        policy.families = builtin_families();
+    }
+    validate(&policy, text, path)?;
+    Ok(policy)
+}
+
+fn builtin_families() -> Vec<Family> {
+    serde_norway::from_str::<Policy>(DEFAULT_POLICY_YAML)
+        .map(|p| p.families)
+        .unwrap_or_default()
+}
+
+/// Semantic checks serde cannot do. Errors are located by finding the offending text in the
+/// file (the first line after `after` that contains `needle`).
+fn validate(policy: &Policy, text: &str, path: &Path) -> Result<(), PolicyError> {
+    let err = |needle: &str, message: String| -> PolicyError {
+        match locate(text, needle) {
+            Some((line, column)) => PolicyError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            },
+            None => PolicyError::InvalidUnlocated {
+                path: path.to_path_buf(),
+                message,
+            },
+        }
+    };
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    };
+
+    let mut families = HashSet::new();
+    for f in &policy.families {
+        if !label_ok(&f.name) {
+            return Err(err(
+                &f.name,
+                format!(
+                    "family name {:?} must be 1-64 characters of [A-Za-z0-9._-] (it is a metric label)",
+                    f.name
+                ),
+            ));
+        }
+        if !families.insert(f.name.as_str()) {
+            return Err(err(
+                &f.name,
+                format!("family {:?} is defined twice", f.name),
+            ));
+        }
+        if f.matchers.is_empty() {
+            return Err(err(
+                &f.name,
+                format!("family {:?} has no matcher under `match`", f.name),
+            ));
+        }
+        if f.matchers.iter().any(Matcher::is_empty) {
+            return Err(err(
+                &f.name,
+                format!(
+                    "family {:?} has an empty matcher: give comm, exe, cmdline or uid",
+                    f.name
+                ),
+            ));
+        }
+    }
+    if policy.protect.iter().any(Matcher::is_empty) {
+        return Err(err(
+            "protect",
+            "an empty matcher under `protect` would protect everything; give comm, exe, cmdline or uid"
+                .into(),
+        ));
+    }
+
+    let mut rules = HashSet::new();
+    for r in &policy.rules {
+        if !label_ok(&r.name) {
+            return Err(err(
+                &r.name,
+                format!(
+                    "rule name {:?} must be 1-64 characters of [A-Za-z0-9._-] (it is a metric label)",
+                    r.name
+                ),
+            ));
+        }
+        if !rules.insert(r.name.as_str()) {
+            return Err(err(&r.name, format!("rule {:?} is defined twice", r.name)));
+        }
+        for fam in &r.family {
+            if !families.contains(fam.as_str()) {
+                let known: Vec<&str> = policy.families.iter().map(|f| f.name.as_str()).collect();
+                return Err(err(
+                    fam,
+                    format!(
+                        "rule {:?} names unknown family {:?} (known: {})",
+                        r.name,
+                        fam,
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        if r.when.is_empty() {
+            return Err(err(
+                &r.name,
+                format!(
+                    "rule {:?} has no condition under `when`: it would match every process",
+                    r.name
+                ),
+            ));
+        }
+        if let Some(ratio) = r.when.fd_ratio_above {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(err(
+                    "fd_ratio_above",
+                    format!(
+                        "rule {:?}: fd_ratio_above must be between 0 and 1, got {ratio}",
+                        r.name
+                    ),
+                ));
+            }
+        }
+        if r.grace.0 > std::time::Duration::from_secs(600) {
+            return Err(err(
+                "grace",
+                format!("rule {:?}: grace above 10m is not allowed", r.name),
+            ));
+        }
+    }
+    if policy.leak.min_samples < 4 {
+        return Err(err(
+            "min_samples",
+            "leak.min_samples must be at least 4 for the trend test to mean anything".into(),
+        ));
+    }
+    if !(0.0 < policy.leak.alpha && policy.leak.alpha < 0.5) {
+        return Err(err("alpha", "leak.alpha must be in (0, 0.5)".into()));
+    }
+    Ok(())
+}
+
+/// 1-based line and column of the first occurrence of `needle` in `text`.
+fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    if needle.is_empty() {
+        return None;
+    }
+    text.lines().enumerate().find_map(|(i, line)| {
+        line.find(needle)
+            .map(|col| (i + 1, line[..col].chars().count() + 1))
+    })
+}
+
+impl Policy {
+    /// The family with this name.
+    pub fn family(&self, name: &str) -> Option<&Family> {
+        self.families.iter().find(|f| f.name == name)
+    }
+
+    /// True when the policy can only be matched with cmdline or exe for some family: then
+    /// those facts must be read for every process, not just for comm candidates.
+    pub fn needs_exe_or_cmdline_for_all(&self) -> bool {
+        self.families
+            .iter()
+            .flat_map(|f| f.matchers.iter())
+            .chain(self.protect.iter())
+            .any(|m| m.comm.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Policy, PolicyError> {
+        parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn builtin_policy_is_valid_and_has_the_three_families() {
+        let pol = builtin();
+        let names: Vec<_> = pol.families.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["chromium", "chromedriver", "crashpad"]);
+        assert!(pol.rules.iter().any(|r| r.action == Action::KillTree));
+    }
+
+    #[test]
+    fn builtin_chromium_family_matches_the_real_binary_and_not_decoys() {
+        let pol = builtin();
+        let fam = pol.family("chromium").unwrap();
+        let m = |comm: &str, exe: Option<&str>| {
+            fam.matchers.iter().any(|m| m.matches(comm, exe, None, 0))
+        };
+        assert!(m("chromium", Some("/usr/lib/chromium/chromium")));
+        assert!(m("chrome", None));
+        assert!(m("ThreadPoolForeg", Some("/opt/google/chrome/chrome")));
+        assert!(!m("chromium-notes", Some("/usr/local/bin/chromium-notes")));
+        assert!(!m("bash", Some("/usr/bin/bash")));
+    }
+
+    #[test]
+    fn empty_policy_gets_builtin_families() {
+        let pol = p("dry_run: true\n").unwrap();
+        assert!(pol.dry_run);
+        assert_eq!(pol.families.len(), 3);
+        assert!(pol.rules.is_empty());
+    }
+
+    #[test]
+    fn typo_in_a_field_is_a_located_error() {
+        let e = p("rules:\n  - name: r\n    when:\n      orphaned_fro: 30s\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.yaml:4:"), "{msg}");
+        assert!(msg.contains("orphaned_fro"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_is_a_located_error() {
+        let e = p("rules:\n  - name: r\n    when:\n      orphaned_for: 30 parsecs\n").unwrap_err();
+        assert_eq!(e.location().map(|l| l.0), Some(4), "{e}");
+        assert!(e.to_string().contains("unknown unit"), "{e}");
+    }
+
+    #[test]
+    fn bad_regex_is_a_located_error() {
+        let e = p("families:\n  - name: x\n    match:\n      - comm: '(unclosed'\n").unwrap_err();
+        assert_eq!(e.location().map(|l| l.0), Some(4), "{e}");
+        assert!(e.to_string().contains("invalid regex"), "{e}");
+    }
+
+    #[test]
+    fn unknown_family_in_rule_is_located() {
+        let e = p("rules:\n  - name: r\n    family: chromum\n    when: {age: 1h}\n").unwrap_err();
+        assert_eq!(e.location(), Some((3, 13)), "{e}");
+        assert!(e.to_string().contains("unknown family"), "{e}");
+    }
+
+    #[test]
+    fn rule_without_condition_is_rejected() {
+        let e = p("rules:\n  - name: everything\n    action: kill-tree\n").unwrap_err();
+        assert!(e.to_string().contains("no condition"), "{e}");
+    }
+
+    #[test]
+    fn empty_protect_matcher_is_rejected() {
+        assert!(p("protect:\n  - {}\n").is_err());
+    }
+
+    #[test]
+    fn full_rule_parses() {
+        let pol = p(concat!(
+            "dry_run: false\nmax_kills_per_minute: 5\n",
+            "protect:\n  - cmdline: 'keep-me'\n",
+            "rules:\n",
+            "  - name: big\n    family: chromium\n    role: renderer\n",
+            "    when:\n      rss_above: 2GiB\n      fds_above: 1000\n      fd_ratio_above: 0.8\n",
+            "      age: 1h\n      leak: {resource: fds, for: 10m}\n",
+            "      zombie_parent: {min_zombies: 3, for: 30s}\n",
+            "    action: terminate\n    grace: 2s\n",
+        ))
+        .unwrap();
+        let r = &pol.rules[0];
+        assert_eq!(r.when.rss_above.unwrap().0, 2 << 30);
+        assert_eq!(r.action, Action::Terminate);
+        assert_eq!(r.grace.0.as_secs(), 2);
+        assert_eq!(r.role, vec!["renderer".to_string()]);
+        assert_eq!(pol.max_kills_per_minute, 5);
+    }
+}
