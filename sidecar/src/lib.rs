@@ -1,2 +1,3 @@
 //! leakwarden sidecar library.
+pub mod kill;
 pub mod policy;
