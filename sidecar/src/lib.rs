@@ -1,3 +1,4 @@
 //! leakwarden sidecar library.
+pub mod enforce;
 pub mod kill;
 pub mod policy;
