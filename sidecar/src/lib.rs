@@ -1,4 +1,5 @@
 //! leakwarden sidecar library.
+pub mod cleanup;
 pub mod enforce;
 pub mod kill;
 pub mod policy;
