@@ -3,3 +3,4 @@ pub mod cleanup;
 pub mod enforce;
 pub mod kill;
 pub mod policy;
+pub mod reload;
