@@ -102,3 +102,4 @@ pub fn chromium() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.exists())
 }
+pub mod ops;
