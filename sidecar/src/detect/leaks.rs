@@ -1,0 +1,370 @@
+//! Leak detection: a pure function of a series of (time, value) samples.
+//!
+//! "Growing" needs all of: enough samples; a Mann–Kendall trend test significant at `alpha`
+//! (normal approximation with tie and continuity correction — robust to noise and outliers,
+//! no assumption of linearity); a positive Theil–Sen slope (median of pairwise slopes: a single
+//! spike barely moves it); and a slope that matters — relative growth of at least
+//! `min_relative_slope_per_hour` of the median value per hour, so a slow meaningless drift is not
+//! a leak. The projection to a limit uses the Theil–Sen slope. A step that stays (memory that
+//! jumps once and holds) reads as growth while both levels are inside the window, then as flat:
+//! the verdict is about the window, and a `for:` on the rule asks for it to last.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Detector settings (from the policy's `leak:` section).
+#[derive(Debug, Clone, Copy)]
+pub struct LeakParams {
+    pub window: Duration,
+    pub min_samples: usize,
+    pub alpha: f64,
+    pub min_relative_slope_per_hour: f64,
+}
+
+impl Default for LeakParams {
+    fn default() -> Self {
+        LeakParams {
+            window: Duration::from_secs(600),
+            min_samples: 10,
+            alpha: 0.01,
+            min_relative_slope_per_hour: 0.05,
+        }
+    }
+}
+
+/// Samples within a sliding time window.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    samples: VecDeque<(f64, f64)>,
+}
+
+/// Samples kept at most, whatever the window (bounds memory per tree).
+const MAX_SAMPLES: usize = 720;
+/// Theil–Sen works on at most this many points (evenly subsampled): O(n²) pairs.
+const MAX_FIT_POINTS: usize = 200;
+
+impl Series {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Add a sample at `t` seconds (monotonic) and drop those older than `window`.
+    pub fn push(&mut self, t: f64, v: f64, window: Duration) {
+        if !t.is_finite() || !v.is_finite() {
+            return;
+        }
+        self.samples.push_back((t, v));
+        let oldest = t - window.as_secs_f64();
+        while self.samples.front().is_some_and(|&(s, _)| s < oldest) {
+            self.samples.pop_front();
+        }
+        while self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+    pub fn last(&self) -> Option<(f64, f64)> {
+        self.samples.back().copied()
+    }
+    pub fn first_t(&self) -> Option<f64> {
+        self.samples.front().map(|s| s.0)
+    }
+    pub fn samples(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.samples.iter().copied()
+    }
+}
+
+/// The detector's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trend {
+    /// Fewer samples than `min_samples`.
+    Insufficient,
+    Flat,
+    Growing,
+    Shrinking,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Verdict {
+    pub trend: Trend,
+    /// Theil–Sen slope, units per second.
+    pub slope_per_second: f64,
+    /// Mann–Kendall p-value, one-sided in the direction of the statistic's sign.
+    pub p_value: f64,
+    pub samples: usize,
+    pub span_seconds: f64,
+    /// Last value.
+    pub current: f64,
+}
+
+/// Judge one series.
+pub fn analyze(samples: &[(f64, f64)], p: &LeakParams) -> Verdict {
+    let n = samples.len();
+    let current = samples.last().map(|s| s.1).unwrap_or(0.0);
+    let span = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) => b.0 - a.0,
+        _ => 0.0,
+    };
+    let mut v = Verdict {
+        trend: Trend::Insufficient,
+        slope_per_second: 0.0,
+        p_value: 1.0,
+        samples: n,
+        span_seconds: span,
+        current,
+    };
+    if n < p.min_samples.max(3) || span <= 0.0 {
+        return v;
+    }
+    let pts: Vec<(f64, f64)> = if n > MAX_FIT_POINTS {
+        (0..MAX_FIT_POINTS)
+            .map(|i| samples[i * (n - 1) / (MAX_FIT_POINTS - 1)])
+            .collect()
+    } else {
+        samples.to_vec()
+    };
+    let (s, var) = mann_kendall(&pts);
+    let z = if s > 0.0 {
+        (s - 1.0) / var.sqrt()
+    } else if s < 0.0 {
+        (s + 1.0) / var.sqrt()
+    } else {
+        0.0
+    };
+    let p_value = if var > 0.0 {
+        1.0 - normal_cdf(z.abs())
+    } else {
+        1.0
+    };
+    let slope = theil_sen(&pts);
+    v.slope_per_second = slope;
+    v.p_value = p_value;
+    let mut vals: Vec<f64> = pts.iter().map(|x| x.1).collect();
+    let med = median(&mut vals).abs().max(1.0);
+    let relative_per_hour = slope.abs() * 3600.0 / med;
+    let significant = p_value < p.alpha && relative_per_hour >= p.min_relative_slope_per_hour;
+    v.trend = if significant && s > 0.0 && slope > 0.0 {
+        Trend::Growing
+    } else if significant && s < 0.0 && slope < 0.0 {
+        Trend::Shrinking
+    } else {
+        Trend::Flat
+    };
+    v
+}
+
+/// Time until `current` reaches `limit` at `slope_per_second`; `None` if not growing.
+pub fn time_to_limit(current: f64, slope_per_second: f64, limit: f64) -> Option<Duration> {
+    if slope_per_second.is_nan() || slope_per_second <= 0.0 || !limit.is_finite() {
+        return None;
+    }
+    if limit <= current {
+        return Some(Duration::ZERO);
+    }
+    let secs = (limit - current) / slope_per_second;
+    (secs.is_finite() && secs < 1e12).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Mann–Kendall S and its variance with the tie correction.
+fn mann_kendall(pts: &[(f64, f64)]) -> (f64, f64) {
+    let n = pts.len();
+    let mut s = 0i64;
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = pts[j].1 - pts[i].1;
+            if d > 0.0 {
+                s += 1;
+            } else if d < 0.0 {
+                s -= 1;
+            }
+        }
+    }
+    let mut vals: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    vals.sort_by(f64::total_cmp);
+    let mut ties = 0.0;
+    let mut i = 0;
+    while i < vals.len() {
+        let mut j = i;
+        while j + 1 < vals.len() && vals[j + 1] == vals[i] {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        if t > 1.0 {
+            ties += t * (t - 1.0) * (2.0 * t + 5.0);
+        }
+        i = j + 1;
+    }
+    let nf = n as f64;
+    let var = (nf * (nf - 1.0) * (2.0 * nf + 5.0) - ties) / 18.0;
+    (s as f64, var)
+}
+
+fn theil_sen(pts: &[(f64, f64)]) -> f64 {
+    let mut slopes = Vec::with_capacity(pts.len() * (pts.len().saturating_sub(1)) / 2);
+    for i in 0..pts.len() {
+        for j in i + 1..pts.len() {
+            let dt = pts[j].0 - pts[i].0;
+            if dt > 0.0 {
+                slopes.push((pts[j].1 - pts[i].1) / dt);
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return 0.0;
+    }
+    median(&mut slopes)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
+    let m = *m;
+    if v.len() % 2 == 1 {
+        m
+    } else {
+        let lower = v[..mid].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lower + m) / 2.0
+    }
+}
+
+/// Standard normal CDF (Abramowitz–Stegun 7.1.26 erf; error < 1.5e-7).
+fn normal_cdf(z: f64) -> f64 {
+    let x = z / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+    let y = 1.0
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+            + 0.254829592)
+            * t
+            * (-x * x).exp();
+    let erf = if x >= 0.0 { y } else { -y };
+    0.5 * (1.0 + erf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic noise in [-1, 1).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        }
+    }
+
+    fn series(n: usize, every: f64, mut f: impl FnMut(usize, f64) -> f64) -> Vec<(f64, f64)> {
+        (0..n)
+            .map(|i| (i as f64 * every, f(i, i as f64 * every)))
+            .collect()
+    }
+
+    fn p() -> LeakParams {
+        LeakParams::default()
+    }
+
+    #[test]
+    fn flat_with_noise_is_not_a_leak() {
+        for seed in 0..200 {
+            let mut r = Lcg(seed);
+            let s = series(120, 5.0, |_, _| 500e6 + 20e6 * r.next());
+            let v = analyze(&s, &p());
+            assert_ne!(v.trend, Trend::Growing, "seed {seed}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_steady_ramp_is_growing() {
+        let mut r = Lcg(7);
+        // +1 %/min on 500 MB with ±2 % noise, 10 minutes at 5 s.
+        let s = series(120, 5.0, |_, t| {
+            500e6 * (1.0 + 0.01 * t / 60.0) + 10e6 * r.next()
+        });
+        let v = analyze(&s, &p());
+        assert_eq!(v.trend, Trend::Growing, "{v:?}");
+        let per_min = v.slope_per_second * 60.0;
+        assert!((per_min - 5e6).abs() < 1e6, "{per_min}");
+        let ttl = time_to_limit(v.current, v.slope_per_second, 2e9).expect("ttl");
+        assert!(
+            ttl > Duration::from_secs(60 * 200) && ttl < Duration::from_secs(60 * 320),
+            "{ttl:?}"
+        );
+    }
+
+    #[test]
+    fn a_single_spike_is_not_a_leak() {
+        let mut r = Lcg(3);
+        let s = series(
+            120,
+            5.0,
+            |i, _| if i == 60 { 5e9 } else { 500e6 + 5e6 * r.next() },
+        );
+        assert_ne!(analyze(&s, &p()).trend, Trend::Growing);
+    }
+
+    #[test]
+    fn too_few_samples_are_insufficient() {
+        let s = series(5, 5.0, |i, _| i as f64 * 1e6);
+        assert_eq!(analyze(&s, &p()).trend, Trend::Insufficient);
+    }
+
+    #[test]
+    fn decreasing_is_shrinking() {
+        let s = series(60, 5.0, |i, _| 1000.0 - i as f64 * 5.0);
+        assert_eq!(analyze(&s, &p()).trend, Trend::Shrinking);
+    }
+
+    #[test]
+    fn tied_integer_fd_counts_are_not_growing() {
+        let s = series(60, 5.0, |i, _| if i == 30 { 101.0 } else { 100.0 });
+        assert_ne!(analyze(&s, &p()).trend, Trend::Growing);
+    }
+
+    #[test]
+    fn a_slow_fd_ramp_is_growing() {
+        // +1 FD every 3 samples (15 s) from 100: +24/h, far above 5 %/h.
+        let s = series(60, 5.0, |i, _| 100.0 + (i / 3) as f64);
+        let v = analyze(&s, &p());
+        assert_eq!(v.trend, Trend::Growing, "{v:?}");
+        let ttl = time_to_limit(v.current, v.slope_per_second, 1024.0).expect("ttl");
+        // (1024 − 120) FDs at 1 per 15 s ≈ 3.8 h.
+        assert!(
+            ttl > Duration::from_secs(3 * 3600) && ttl < Duration::from_secs(5 * 3600),
+            "{ttl:?}"
+        );
+    }
+
+    #[test]
+    fn time_to_limit_math() {
+        assert_eq!(
+            time_to_limit(10.0, 1.0, 20.0),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(time_to_limit(30.0, 1.0, 20.0), Some(Duration::ZERO));
+        assert_eq!(time_to_limit(10.0, 0.0, 20.0), None);
+        assert_eq!(time_to_limit(10.0, -1.0, 20.0), None);
+    }
+
+    #[test]
+    fn the_window_drops_old_samples() {
+        let mut s = Series::new();
+        for i in 0..100 {
+            s.push(i as f64, 1.0, Duration::from_secs(10));
+        }
+        assert_eq!(s.len(), 11);
+        assert_eq!(s.first_t(), Some(89.0));
+    }
+}

@@ -1,0 +1,2 @@
+//! Detectors: pure functions of snapshots and series.
+pub mod leaks;

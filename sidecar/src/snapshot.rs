@@ -1,0 +1,455 @@
+//! One pass over /proc → an immutable [`Snapshot`].
+//!
+//! Per process the scanner reads `stat` (pid, ppid, pgid, sid, state, comm, threads, start time,
+//! RSS), the owner of `/proc/PID` (uid) and `stat(/proc/PID/fd)` (the open-FD count on Linux ≥ 6.2;
+//! a directory listing on older kernels). That is the whole per-process cost of a steady-state
+//! scan. cmdline, exe and cgroup are read only for processes that may belong to a policy family,
+//! once per identity: they are cached by (pid, start time, comm), which survives between scans and
+//! is pruned of processes that are gone. A process is named by (pid, start time) everywhere, so
+//! a reused PID is a new process.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::policy::{FamilyKind, Policy};
+use crate::proc::{self, MemInfo, ProcFs, ReadError};
+
+/// Processes younger than this are not cached: a zygote-forked renderer shows the zygote's
+/// command line until it rewrites its own.
+const CACHE_MIN_AGE: Duration = Duration::from_secs(2);
+/// The soft RLIMIT_NOFILE of a family process is re-read this often.
+const LIMIT_TTL: Duration = Duration::from_secs(30);
+/// Command lines are kept for display and matching up to this length.
+const CMDLINE_MAX: usize = 4096;
+
+/// What never changes while a process runs one program: who it is in the policy's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Index into the policy's families.
+    pub family: usize,
+    pub family_name: String,
+    pub kind: FamilyKind,
+    /// Chromium's `--type=` (renderer, gpu-process, utility, zygote, …); `None` for a browser.
+    pub role: Option<String>,
+    pub user_data_dir: Option<PathBuf>,
+    /// Arguments joined by spaces, truncated.
+    pub cmdline: String,
+    pub exe: Option<String>,
+    /// Unified cgroup path.
+    pub cgroup: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// One process in a snapshot.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub state: char,
+    pub comm: String,
+    pub uid: u32,
+    pub rss_bytes: u64,
+    /// `None` when the fd directory could not be read (another user's process without
+    /// CAP_SYS_PTRACE).
+    pub fds: Option<u64>,
+    pub threads: u64,
+    /// Time since the process started.
+    pub age: Duration,
+    /// Set for family members.
+    pub info: Option<Arc<Info>>,
+    /// Soft RLIMIT_NOFILE (family members only).
+    pub fd_soft_limit: Option<u64>,
+}
+
+impl Proc {
+    pub fn id(&self) -> (i32, u64) {
+        (self.pid, self.start_ticks)
+    }
+    pub fn family(&self) -> Option<&str> {
+        self.info.as_deref().map(|i| i.family_name.as_str())
+    }
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z'
+    }
+}
+
+/// Processes skipped during one scan, by reason.
+#[derive(Debug, Clone, Default)]
+pub struct Skipped {
+    pub vanished: u64,
+    pub permission_denied: u64,
+    pub malformed: u64,
+    pub io_error: u64,
+}
+
+impl Skipped {
+    fn add(&mut self, e: &ReadError) {
+        match e {
+            ReadError::Gone => self.vanished += 1,
+            ReadError::Denied => self.permission_denied += 1,
+            ReadError::Malformed { .. } => self.malformed += 1,
+            ReadError::Io(_) => self.io_error += 1,
+        }
+    }
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("vanished", self.vanished),
+            ("permission_denied", self.permission_denied),
+            ("malformed", self.malformed),
+            ("io_error", self.io_error),
+        ]
+    }
+}
+
+/// One scan's view of the process table. Immutable once built.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub taken_at: SystemTime,
+    pub taken_instant: Instant,
+    pub duration: Duration,
+    pub procs: Vec<Proc>,
+    index: HashMap<i32, usize>,
+    pub skipped: Skipped,
+    pub mem: MemInfo,
+    /// comm of PID 1 in this PID namespace, if visible.
+    pub init_comm: Option<String>,
+    pub clk_tck: u64,
+}
+
+impl Snapshot {
+    pub fn get(&self, pid: i32) -> Option<&Proc> {
+        self.index.get(&pid).map(|&i| &self.procs[i])
+    }
+    pub fn index_of(&self, pid: i32) -> Option<usize> {
+        self.index.get(&pid).copied()
+    }
+    /// Build from parts (tests and fixtures).
+    pub fn from_procs(procs: Vec<Proc>, mem: MemInfo) -> Self {
+        let index = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+        let init_comm = procs.iter().find(|p| p.pid == 1).map(|p| p.comm.clone());
+        Snapshot {
+            taken_at: SystemTime::now(),
+            taken_instant: Instant::now(),
+            duration: Duration::ZERO,
+            procs,
+            index,
+            skipped: Skipped::default(),
+            mem,
+            init_comm,
+            clk_tck: 100,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    comm: String,
+    info: Option<Arc<Info>>,
+    limit: Option<(Instant, Option<u64>)>,
+    seen: u64,
+}
+
+/// Errors that fail a whole scan (not one process).
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot list {root}: {source}")]
+    List {
+        root: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Reads /proc into snapshots, keeping the per-identity cache between scans.
+#[derive(Debug)]
+pub struct Scanner {
+    fs: ProcFs,
+    clk_tck: u64,
+    page: u64,
+    cache: HashMap<(i32, u64), Cached>,
+    policy_generation: u64,
+    scan_no: u64,
+    buf: Vec<u8>,
+    /// Read cgroup paths of family members and derive pod UIDs (DaemonSet mode).
+    pub pod_attribution: bool,
+}
+
+impl Scanner {
+    pub fn new(fs: ProcFs) -> Self {
+        let (clk_tck, page) = proc::clock_ticks_and_page_size();
+        Scanner {
+            fs,
+            clk_tck,
+            page,
+            cache: HashMap::new(),
+            policy_generation: 0,
+            scan_no: 0,
+            buf: Vec::with_capacity(1024),
+            pod_attribution: false,
+        }
+    }
+
+    pub fn fs(&self) -> &ProcFs {
+        &self.fs
+    }
+
+    /// Forget cached classifications (call when the policy's families change).
+    pub fn set_policy_generation(&mut self, generation: u64) {
+        if generation != self.policy_generation {
+            self.cache.clear();
+            self.policy_generation = generation;
+        }
+    }
+
+    /// Number of identities in the cache (self-test of pruning).
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// One full scan.
+    pub fn scan(&mut self, policy: &Policy) -> Result<Snapshot, ScanError> {
+        let started = Instant::now();
+        let taken_at = SystemTime::now();
+        self.scan_no += 1;
+        let pids = self.fs.pids().map_err(|source| ScanError::List {
+            root: self.fs.root().to_path_buf(),
+            source,
+        })?;
+        let uptime = self.fs.uptime_seconds().unwrap_or(0.0);
+        let mem = self.fs.meminfo().unwrap_or_default();
+        let read_all = policy.needs_exe_or_cmdline_for_all();
+        let mut procs = Vec::with_capacity(pids.len());
+        let mut skipped = Skipped::default();
+        for pid in pids {
+            match self.read_one(pid, policy, read_all, uptime) {
+                Ok(Some(p)) => procs.push(p),
+                Ok(None) => {}
+                Err(e) => skipped.add(&e),
+            }
+        }
+        let scan_no = self.scan_no;
+        self.cache.retain(|_, c| c.seen == scan_no);
+        let index = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+        let init_comm = procs.iter().find(|p| p.pid == 1).map(|p| p.comm.clone());
+        Ok(Snapshot {
+            taken_at,
+            taken_instant: started,
+            duration: started.elapsed(),
+            procs,
+            index,
+            skipped,
+            mem,
+            init_comm,
+            clk_tck: self.clk_tck,
+        })
+    }
+
+    fn read_one(
+        &mut self,
+        pid: i32,
+        policy: &Policy,
+        read_all: bool,
+        uptime: f64,
+    ) -> Result<Option<Proc>, ReadError> {
+        let st = self.fs.stat(pid, &mut self.buf)?;
+        // Kernel threads (children of kthreadd) hold no memory or files and never match.
+        if pid == 2 || st.ppid == 2 {
+            return Ok(None);
+        }
+        let uid = self.fs.uid(pid)?;
+        let fds = if st.state == 'Z' {
+            Some(0)
+        } else {
+            match self.fs.fd_count(pid) {
+                Ok(n) => Some(n),
+                Err(ReadError::Denied) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        let age_s = (uptime - st.start_ticks as f64 / self.clk_tck as f64).max(0.0);
+        let age = Duration::from_secs_f64(age_s);
+        let key = (pid, st.start_ticks);
+        let scan_no = self.scan_no;
+        let cached = match self.cache.get_mut(&key) {
+            Some(c) if c.comm == st.comm => {
+                c.seen = scan_no;
+                Some(c.info.clone())
+            }
+            _ => None,
+        };
+        let info = match cached {
+            Some(info) => info,
+            None => {
+                if st.state == 'Z' {
+                    None
+                } else {
+                    let info = self.classify(pid, &st.comm, uid, policy, read_all);
+                    if age >= CACHE_MIN_AGE {
+                        self.cache.insert(
+                            key,
+                            Cached {
+                                comm: st.comm.clone(),
+                                info: info.clone(),
+                                limit: None,
+                                seen: scan_no,
+                            },
+                        );
+                    }
+                    info
+                }
+            }
+        };
+        let fd_soft_limit = if info.is_some() {
+            self.limit(pid, key)
+        } else {
+            None
+        };
+        Ok(Some(Proc {
+            pid,
+            start_ticks: st.start_ticks,
+            ppid: st.ppid,
+            pgid: st.pgid,
+            sid: st.sid,
+            state: st.state,
+            comm: st.comm,
+            uid,
+            rss_bytes: st.rss_pages * self.page,
+            fds,
+            threads: st.threads,
+            age,
+            info,
+            fd_soft_limit,
+        }))
+    }
+
+    fn limit(&mut self, pid: i32, key: (i32, u64)) -> Option<u64> {
+        let now = Instant::now();
+        if let Some(c) = self.cache.get(&key) {
+            if let Some((at, v)) = c.limit {
+                if now.duration_since(at) < LIMIT_TTL {
+                    return v;
+                }
+            }
+        }
+        let v = self.fs.nofile_soft(pid).ok().flatten();
+        if let Some(c) = self.cache.get_mut(&key) {
+            c.limit = Some((now, v));
+        }
+        v
+    }
+
+    /// Which family, if any, a process belongs to. Reads cmdline/exe only when a matcher needs
+    /// them (or when any family matcher cannot be decided from comm alone).
+    fn classify(
+        &mut self,
+        pid: i32,
+        comm: &str,
+        uid: u32,
+        policy: &Policy,
+        read_all: bool,
+    ) -> Option<Arc<Info>> {
+        let candidate = read_all
+            || policy
+                .families
+                .iter()
+                .flat_map(|f| f.matchers.iter())
+                .any(|m| m.comm.as_ref().is_some_and(|c| c.is_match(comm)));
+        if !candidate {
+            return None;
+        }
+        let args = self.fs.cmdline(pid, &mut self.buf).unwrap_or_default();
+        let mut cmdline = args.join(" ");
+        if cmdline.len() > CMDLINE_MAX {
+            let mut cut = CMDLINE_MAX;
+            while !cmdline.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            cmdline.truncate(cut);
+        }
+        let needs_exe = policy
+            .families
+            .iter()
+            .flat_map(|f| f.matchers.iter())
+            .any(|m| m.exe.is_some());
+        let exe = if needs_exe {
+            self.fs.exe(pid).ok()
+        } else {
+            None
+        };
+        let (fi, fam) = policy.families.iter().enumerate().find(|(_, f)| {
+            f.matchers
+                .iter()
+                .any(|m| m.matches(comm, exe.as_deref(), Some(&cmdline), uid))
+        })?;
+        let mut role = None;
+        let mut user_data_dir = None;
+        for a in &args {
+            if let Some(v) = a.strip_prefix("--type=") {
+                role = Some(v.to_string());
+            } else if let Some(v) = a.strip_prefix("--user-data-dir=") {
+                if !v.is_empty() {
+                    user_data_dir = Some(PathBuf::from(v));
+                }
+            }
+        }
+        if fam.kind == FamilyKind::Crashpad {
+            role = Some("crashpad-handler".to_string());
+        }
+        let cgroup = self
+            .fs
+            .cgroup(pid)
+            .ok()
+            .and_then(|t| proc::parse_cgroup_v2_path(&t).or(Some(t)));
+        let pod_uid = if self.pod_attribution {
+            cgroup.as_deref().and_then(proc::pod_uid_from_cgroup)
+        } else {
+            None
+        };
+        Some(Arc::new(Info {
+            family: fi,
+            family_name: fam.name.clone(),
+            kind: fam.kind,
+            role,
+            user_data_dir,
+            cmdline,
+            exe,
+            cgroup,
+            pod_uid,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy;
+
+    #[test]
+    fn scans_this_machine_and_finds_itself() {
+        let mut s = Scanner::new(ProcFs::new("/proc"));
+        let snap = s.scan(&policy::builtin()).expect("scan");
+        let me = snap
+            .get(std::process::id() as i32)
+            .expect("self in snapshot");
+        assert!(me.fds.unwrap_or(0) >= 3);
+        assert!(me.threads >= 1);
+        assert!(me.rss_bytes > 0);
+        assert!(me.info.is_none(), "the test binary is not a browser");
+        // A second scan keeps the cache bounded by live processes.
+        let snap2 = s.scan(&policy::builtin()).expect("scan");
+        assert!(s.cache_len() <= snap2.procs.len());
+    }
+
+    #[test]
+    fn a_missing_root_is_a_scan_error() {
+        let mut s = Scanner::new(ProcFs::new("/nonexistent-proc-root"));
+        assert!(matches!(
+            s.scan(&policy::builtin()),
+            Err(ScanError::List { .. })
+        ));
+    }
+}
