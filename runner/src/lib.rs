@@ -1,1 +1,339 @@
-//! leakwarden runner
+//! leakwarden-runner: runs headless Chromium sessions (CDP, `chromiumoxide`) so that a session
+//! can fail in every way a browser fails and still leave nothing behind — no process, no file
+//! descriptor, no profile directory.
+//!
+//! What it owns and how (see DESIGN.md, "The runner's guarantees"):
+//! - every browser it starts: spawned from one long-lived thread (`launcher.rs`) in its own
+//!   process group with a parent-death signal, in its own directory under the run directory
+//!   (`rundir.rs`), closed and verified by `browser.rs`;
+//! - every child that loses its parent: the runner is a child subreaper and reaps them
+//!   (`reaper.rs`);
+//! - every task: sessions, launches, closes and servers run under task trackers and
+//!   cancellation tokens; nothing is detached.
+//!
+//! [`run`] is the whole program minus argument parsing and logging set-up (`main.rs`).
+
+pub mod admission;
+pub mod breaker;
+pub mod browser;
+pub mod config;
+pub mod faults;
+pub mod http;
+pub mod job;
+pub mod kill;
+pub mod launcher;
+pub mod metrics;
+pub mod pool;
+pub mod proc;
+pub mod reaper;
+pub mod rundir;
+pub mod session;
+pub mod signal;
+pub mod site;
+pub mod summary;
+mod sys;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::browser::{Env, Spec};
+use crate::config::Config;
+use crate::faults::FaultPlan;
+use crate::launcher::{Launcher, Owned};
+use crate::metrics::{Metrics, Outcome};
+use crate::pool::Pool;
+use crate::proc::Procfs;
+use crate::session::{AttemptError, SessionEnv};
+use crate::signal::Shutdown;
+use crate::summary::{Records, SessionRecord, Summary};
+
+/// How long the embedded servers get to finish their connections at exit.
+const SERVICE_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Run the configured job to completion (or until `shutdown`), clean up everything, and return
+/// the summary.
+pub async fn run(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let procfs = Procfs::default();
+
+    let stale = rundir::remove_dead_runs(&cfg.run_root, &procfs, None);
+    for d in &stale.removed {
+        tracing::info!(dir = %d.display(), "removed the directory of a dead run");
+    }
+    for d in &stale.in_use {
+        tracing::warn!(dir = %d.display(), "a dead run's directory is still used by a live process; leaving it to the sidecar");
+    }
+    metrics
+        .stale_run_dirs_removed
+        .inc_by(stale.removed.len() as u64);
+    let run_dir = rundir::RunDir::create(&cfg.run_root, &procfs).with_context(|| {
+        format!(
+            "creating the run directory under {}",
+            cfg.run_root.display()
+        )
+    })?;
+    let run_path = run_dir.path().to_path_buf();
+    tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
+
+    reaper::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
+    let owned = Owned::default();
+    let launcher = Launcher::start(owned.clone()).context("starting the launcher thread")?;
+    let launch_handle = launcher.handle().context("launcher thread has no handle")?;
+
+    // Services and helpers: reaper, embedded site, metrics endpoint.
+    let services = TaskTracker::new();
+    let stop_services = CancellationToken::new();
+    let reaper_stop = CancellationToken::new();
+    services.spawn(reaper::run(
+        procfs.clone(),
+        owned.clone(),
+        reaper_stop.clone(),
+    ));
+    let site_addr = site::start(cfg.site_port, &services, stop_services.clone())
+        .await
+        .context("starting the embedded site")?;
+    let site_url = format!("http://{site_addr}");
+    tracing::info!(site = %site_url, "embedded site");
+    if let Some(addr) = cfg.listen {
+        let listener = http::bind(addr)
+            .await
+            .with_context(|| format!("--listen {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+        http::serve(listener, metrics.clone(), &services, stop_services.clone());
+    }
+
+    let artifacts = match &cfg.artifacts {
+        Some(d) => config::absolute(d),
+        None => run_path.join("artifacts"),
+    };
+    std::fs::create_dir_all(&artifacts)
+        .with_context(|| format!("creating {}", artifacts.display()))?;
+
+    let mut spec = Spec::new(cfg.chromium.clone());
+    spec.extra_args = cfg.chromium_args.clone();
+    spec.launch_timeout = cfg.launch_timeout;
+    // chromiumoxide evicts its own requests after this; our step timeouts fire first.
+    spec.request_timeout = cfg.job.step_timeout + Duration::from_secs(5);
+    let browser_tasks = TaskTracker::new();
+    let env = Env {
+        launcher: launch_handle,
+        owned: owned.clone(),
+        procfs: procfs.clone(),
+        tasks: browser_tasks.clone(),
+    };
+    let pool = Pool::new(
+        cfg.pool.clone(),
+        spec,
+        env,
+        run_path.clone(),
+        metrics.clone(),
+    );
+
+    // Sessions.
+    let total = cfg.job.sessions;
+    let job = Arc::new(cfg.job.clone());
+    let plan = Arc::new(FaultPlan::new(cfg.job.faults.clone()));
+    let senv = Arc::new(SessionEnv {
+        job: job.clone(),
+        site: site_url,
+        artifacts,
+        metrics: metrics.clone(),
+    });
+    let records = Records::default();
+    let next = Arc::new(AtomicU64::new(0));
+    pool.demand.store(total, Ordering::Relaxed);
+    metrics.queue_depth.set(total as i64);
+    let progress_stop = CancellationToken::new();
+    services.spawn(summary::progress(
+        records.clone(),
+        total,
+        metrics.clone(),
+        started,
+        progress_stop.clone(),
+    ));
+    let workers = TaskTracker::new();
+    for _ in 0..cfg.job.concurrency.max(1) {
+        let (pool, senv, plan, records, next, metrics, shutdown) = (
+            pool.clone(),
+            senv.clone(),
+            plan.clone(),
+            records.clone(),
+            next.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        workers.spawn(async move {
+            loop {
+                if shutdown.intake.is_cancelled() {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let left = total - i - 1;
+                pool.demand.store(left, Ordering::Relaxed);
+                metrics.queue_depth.set(left as i64);
+                metrics.active_sessions.inc();
+                let rec = run_session(&pool, &senv, &plan, i, &shutdown.hard, &metrics).await;
+                metrics.active_sessions.dec();
+                records.push(rec);
+            }
+        });
+    }
+    workers.close();
+    workers.wait().await;
+    metrics.queue_depth.set(0);
+    pool.demand.store(0, Ordering::Relaxed);
+    let wall = started.elapsed();
+
+    // Cleanup: every browser, then verify the whole run directory is unused, then remove it.
+    pool.shutdown().await;
+    let stats = pool.stats();
+    browser_tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), browser_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("browser tasks still running after cleanup");
+    }
+    let extra_leaks = sweep_run_dir(&procfs, &run_path, pool.spec()).await;
+    if extra_leaks > 0 {
+        metrics.cleanup_leaks.inc_by(extra_leaks);
+    }
+    drop(pool);
+    reaper::reap_pass(&procfs, &owned);
+    let run_dir_removed = match run_dir.remove() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(dir = %run_path.display(), error = %e, "cleanup leak: run directory not removed");
+            metrics.cleanup_leaks.inc();
+            false
+        }
+    };
+    // Every browser is gone: the launcher thread may exit now (its exit fires pdeathsig).
+    tokio::task::spawn_blocking(move || launcher.join())
+        .await
+        .ok();
+
+    progress_stop.cancel();
+    reaper_stop.cancel();
+    stop_services.cancel();
+    services.close();
+    if tokio::time::timeout(SERVICE_STOP_GRACE, services.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("embedded servers did not stop in time");
+    }
+
+    let summary = summary::build(
+        &job.name,
+        &run_path.display().to_string(),
+        total,
+        job.concurrency,
+        wall,
+        records.snapshot(),
+        stats,
+        extra_leaks,
+        stale.removed.len() as u64,
+        run_dir_removed,
+        shutdown.intake.is_cancelled(),
+    );
+    Ok(summary)
+}
+
+/// Last line of defence: any process still naming the run directory is terminated and counted.
+async fn sweep_run_dir(procfs: &Procfs, run_dir: &std::path::Path, spec: &Spec) -> u64 {
+    let mut needle = run_dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let p = procfs.clone();
+    let left: Vec<proc::Stat> = tokio::task::spawn_blocking(move || p.find(None, &needle, me))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.state != 'Z')
+        .collect();
+    if left.is_empty() {
+        return 0;
+    }
+    for s in &left {
+        tracing::error!(pid = s.pid, comm = %s.comm, "cleanup leak: process of this run still alive after every browser was closed");
+    }
+    kill::terminate(procfs, &left, spec.term_grace, spec.kill_wait).await;
+    left.len() as u64
+}
+
+async fn run_session(
+    pool: &Arc<Pool>,
+    senv: &SessionEnv,
+    plan: &FaultPlan,
+    index: u64,
+    cancel: &CancellationToken,
+    metrics: &Metrics,
+) -> SessionRecord {
+    let started = Instant::now();
+    let faults = plan.for_session(index);
+    let retries = senv.job.retries;
+    let mut attempts = 0;
+    let mut last_error = None;
+    let mut outcome = Outcome::Failed;
+    for attempt in 0..=retries {
+        attempts += 1;
+        let these = if attempt == 0 { faults.as_slice() } else { &[] };
+        let t = Instant::now();
+        let r = session::attempt(pool, senv, index, attempt, these, cancel).await;
+        metrics.session_duration.observe(t.elapsed().as_secs_f64());
+        match r {
+            Ok(()) => {
+                outcome = if attempt == 0 {
+                    Outcome::Ok
+                } else {
+                    Outcome::Retried
+                };
+                last_error = None;
+                break;
+            }
+            Err(AttemptError::Cancelled) => {
+                outcome = Outcome::Cancelled;
+                last_error = Some(AttemptError::Cancelled.to_string());
+                break;
+            }
+            Err(e) => {
+                outcome = if matches!(e, AttemptError::Timeout) {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Failed
+                };
+                let will_retry = attempt < retries && !cancel.is_cancelled();
+                tracing::warn!(session = index, attempt, error = %e, will_retry, "session attempt failed");
+                last_error = Some(e.to_string());
+                if cancel.is_cancelled() {
+                    outcome = Outcome::Cancelled;
+                    break;
+                }
+            }
+        }
+    }
+    metrics.session(outcome).inc();
+    SessionRecord {
+        index,
+        outcome,
+        attempts,
+        duration_ms: started.elapsed().as_millis() as u64,
+        faults,
+        error: last_error,
+    }
+}

@@ -1,0 +1,476 @@
+//! One Chromium process: spawn, connect, contexts, and closing that leaves nothing behind.
+//!
+//! The runner spawns Chromium itself (through the launcher thread, `launcher.rs`) instead of
+//! letting `chromiumoxide` do it, because `chromiumoxide` kills and waits only its direct child.
+//! Each browser gets a directory `<run dir>/b<N>/` holding its profile (`--user-data-dir`), its
+//! `TMPDIR` and its `XDG_CONFIG_HOME` (so the crashpad handlers' `--database` names it too),
+//! and its stderr log. Its own process group, and SIGKILL when the runner dies.
+//!
+//! Closing (always, whatever happened): CDP `Browser.close` with a deadline → wait for the
+//! browser's exit on its pidfd → find every process of the browser (its process group, and any
+//! process whose command line names its directory: that catches the crashpad handlers, which
+//! `setsid()`) → SIGTERM through pidfds → SIGKILL after a grace period → reap → verify in /proc
+//! that none is left → remove the directory. Whatever verification finds is returned as a leak.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use chromiumoxide::cdp::browser_protocol::browser::{BrowserContextId, CloseParams};
+use chromiumoxide::cdp::browser_protocol::target::{
+    CreateBrowserContextParams, CreateTargetParams, GetTargetsParams,
+};
+use chromiumoxide::handler::HandlerConfig;
+use chromiumoxide::Page;
+use futures::StreamExt;
+use rustix::process::{Signal, WaitId, WaitIdOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::kill;
+use crate::launcher::{LaunchHandle, Mode, Owned};
+use crate::proc::{Procfs, Stat};
+
+/// Flags for every browser. Headless as root needs `--no-sandbox`; the rest cut work a runner
+/// never needs (background networking, component updates, sync, first-run UI, GPU).
+///
+/// Not used, though commonly recommended: `--disable-crashpad-for-testing`. On this machine's
+/// Chromium 156 it makes the network service crash in a loop ("Crashing due to FD ownership
+/// violation", ~10 restarts a second) and every http navigation fail. The crashpad handlers it
+/// would suppress are instead tied to the browser's directory and cleaned up with it.
+pub const BASE_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-sync",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-breakpad",
+    "--disable-client-side-phishing-detection",
+    "--disable-hang-monitor",
+    "--disable-popup-blocking",
+    "--disable-prompt-on-repost",
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+    "--metrics-recording-only",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,InterestFeedContentSuggestions,CertificateTransparencyComponentUpdater,AutofillServerCommunication",
+];
+
+/// How to launch and how long each part of closing may take.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub chromium: PathBuf,
+    pub extra_args: Vec<String>,
+    pub launch_timeout: Duration,
+    /// chromiumoxide's own request timeout; our per-step timeouts are shorter and cancel first.
+    pub request_timeout: Duration,
+    pub close_timeout: Duration,
+    pub exit_wait: Duration,
+    pub term_grace: Duration,
+    pub kill_wait: Duration,
+    pub verify_deadline: Duration,
+}
+
+impl Spec {
+    pub fn new(chromium: PathBuf) -> Self {
+        Self {
+            chromium,
+            extra_args: Vec::new(),
+            launch_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(2),
+            exit_wait: Duration::from_secs(3),
+            term_grace: Duration::from_millis(1500),
+            kill_wait: Duration::from_secs(2),
+            verify_deadline: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything a browser needs from the run.
+#[derive(Clone)]
+pub struct Env {
+    pub launcher: LaunchHandle,
+    pub owned: Owned,
+    pub procfs: Procfs,
+    pub tasks: TaskTracker,
+}
+
+pub struct Browser {
+    pub id: u64,
+    pub pid: i32,
+    start_time: u64,
+    pidfd: Option<OwnedFd>,
+    pub dir: PathBuf,
+    pub cdp: chromiumoxide::Browser,
+    handler_stop: CancellationToken,
+    /// Cancelled when the browser process has exited (seen on its pidfd).
+    pub dead: CancellationToken,
+    pub launched_at: Instant,
+    pub detached: bool,
+}
+
+/// What closing found.
+#[derive(Debug, Default, Clone)]
+pub struct CloseReport {
+    /// Processes still alive after SIGKILL and the verification deadline.
+    pub leaked_processes: Vec<Stat>,
+    /// The directory could not be removed.
+    pub dir_left: bool,
+    /// Processes that needed a signal (exited only after SIGTERM/SIGKILL).
+    pub signalled: usize,
+}
+
+impl CloseReport {
+    pub fn leaks(&self) -> u64 {
+        self.leaked_processes.len() as u64 + u64::from(self.dir_left)
+    }
+}
+
+impl Browser {
+    /// Spawn Chromium in `dir` and connect over CDP. On failure everything started is cleaned up.
+    pub async fn launch(
+        id: u64,
+        dir: PathBuf,
+        spec: &Spec,
+        env: &Env,
+        mode: Mode,
+    ) -> anyhow::Result<Self> {
+        let profile = dir.join("profile");
+        let tmp = dir.join("tmp");
+        let config = dir.join("config");
+        for d in [&profile, &tmp, &config] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let stderr = std::fs::File::create(dir.join("stderr.log"))?;
+        let mut cmd = Command::new(&spec.chromium);
+        cmd.args(BASE_FLAGS)
+            .args(&spec.extra_args)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--remote-debugging-port=0")
+            .arg("about:blank")
+            .env("TMPDIR", &tmp)
+            .env("XDG_CONFIG_HOME", &config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr));
+        let spawned = env
+            .launcher
+            .spawn(cmd, mode)
+            .await
+            .with_context(|| format!("spawning {}", spec.chromium.display()))?;
+        let start_time = env
+            .procfs
+            .stat(spawned.pid)
+            .ok()
+            .flatten()
+            .map(|s| s.start_time)
+            .unwrap_or(0);
+        let dead = CancellationToken::new();
+        if let Some(fd) = spawned.pidfd.as_ref().and_then(|fd| fd.try_clone().ok()) {
+            let dead = dead.clone();
+            env.tasks.spawn(async move {
+                if let Ok(afd) = crate::sys::async_pidfd(fd) {
+                    let _ = afd.readable().await;
+                }
+                dead.cancel();
+            });
+        }
+        let handler_stop = CancellationToken::new();
+        let connected = tokio::time::timeout(
+            spec.launch_timeout,
+            connect(&profile, &dead, spec, &env.tasks, &handler_stop),
+        )
+        .await
+        .map_err(|_| anyhow!("no DevTools endpoint within {:?}", spec.launch_timeout))
+        .and_then(|r| r);
+        match connected {
+            Ok(cdp) => Ok(Browser {
+                id,
+                pid: spawned.pid,
+                start_time,
+                pidfd: spawned.pidfd,
+                dir,
+                cdp,
+                handler_stop,
+                dead,
+                launched_at: Instant::now(),
+                detached: mode == Mode::Detached,
+            }),
+            Err(e) => {
+                handler_stop.cancel();
+                let log = stderr_tail(&dir);
+                if mode == Mode::Owned {
+                    // Clean up what we started, with no CDP connection to ask politely.
+                    let _ = destroy(
+                        spawned.pid,
+                        start_time,
+                        spawned.pidfd.as_ref(),
+                        &dir,
+                        spec,
+                        env,
+                        false,
+                    )
+                    .await;
+                }
+                Err(e.context(format!("launching browser b{id}; stderr: {log}")))
+            }
+        }
+    }
+
+    /// A fresh browser context (an incognito-like profile inside this browser) and a blank page
+    /// in it.
+    pub async fn new_context(&self) -> anyhow::Result<BrowserContextId> {
+        Ok(self
+            .cdp
+            .create_browser_context(CreateBrowserContextParams::default())
+            .await?)
+    }
+
+    pub async fn new_page(&self, ctx: &BrowserContextId) -> anyhow::Result<Page> {
+        let mut params = CreateTargetParams::new("about:blank");
+        params.browser_context_id = Some(ctx.clone());
+        Ok(self.cdp.new_page(params).await?)
+    }
+
+    /// Dispose a context (closing its pages) and check that no target of it remains.
+    pub async fn dispose_context(&self, ctx: &BrowserContextId) -> anyhow::Result<()> {
+        self.cdp.dispose_browser_context(ctx.clone()).await?;
+        let targets = self.cdp.execute(GetTargetsParams::default()).await?;
+        let left = targets
+            .result
+            .target_infos
+            .iter()
+            .filter(|t| t.browser_context_id.as_ref() == Some(ctx))
+            .count();
+        if left > 0 {
+            bail!("{left} target(s) of a disposed context remain");
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the browser process (the `kill-browser` fault).
+    pub fn kill_for_fault(&self) -> bool {
+        self.pidfd
+            .as_ref()
+            .is_some_and(|fd| kill::send(fd, Signal::KILL))
+    }
+
+    /// Close and clean up: see the module documentation. Takes `&self` so a session that still
+    /// holds a clone cannot block cleanup; after this the browser is unusable.
+    pub async fn close(&self, spec: &Spec, env: &Env) -> CloseReport {
+        if self.detached {
+            // The `abandon` fault: drop the connection, leave the browser running.
+            self.handler_stop.cancel();
+            return CloseReport::default();
+        }
+        let polite = !self.dead.is_cancelled();
+        if polite {
+            let _ =
+                tokio::time::timeout(spec.close_timeout, self.cdp.execute(CloseParams::default()))
+                    .await;
+        }
+        self.handler_stop.cancel();
+        destroy(
+            self.pid,
+            self.start_time,
+            self.pidfd.as_ref(),
+            &self.dir,
+            spec,
+            env,
+            polite,
+        )
+        .await
+    }
+}
+
+/// Everything after the CDP close, with or without a CDP connection.
+async fn destroy(
+    pid: i32,
+    start_time: u64,
+    pidfd: Option<&OwnedFd>,
+    dir: &Path,
+    spec: &Spec,
+    env: &Env,
+    waited_politely: bool,
+) -> CloseReport {
+    let mut report = CloseReport::default();
+    tracing::debug!(pid, start_time, dir = %dir.display(), "destroying browser");
+    if let Some(fd) = pidfd {
+        let exited = waited_politely && kill::wait_exit(fd, spec.exit_wait).await;
+        if !exited {
+            // Identity is the pidfd itself: it cannot refer to a reused pid.
+            kill::send(fd, Signal::TERM);
+            if !kill::wait_exit(fd, spec.term_grace).await {
+                kill::send(fd, Signal::KILL);
+                kill::wait_exit(fd, spec.kill_wait).await;
+            }
+            report.signalled += 1;
+        }
+    }
+    let needle = dir_needle(dir);
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    // Never 0 or 1: inside a PID namespace a group led from outside reads as 0.
+    let pgid = (pid > 1).then_some(pid);
+
+    // Everything else of this browser: group members and processes naming its directory.
+    let procfs = env.procfs.clone();
+    let n = needle.clone();
+    let stragglers: Vec<Stat> = blocking(move || procfs.find(pgid, &n, me).unwrap_or_default())
+        .await
+        .into_iter()
+        .filter(|s| s.state != 'Z')
+        .collect();
+    if !stragglers.is_empty() {
+        report.signalled += stragglers.len();
+        tracing::debug!(count = stragglers.len(), "terminating browser stragglers");
+        kill::terminate(&env.procfs, &stragglers, spec.term_grace, spec.kill_wait).await;
+    }
+
+    // Reap the browser itself (ours, through its pidfd), then inherited zombies.
+    if let Some(fd) = pidfd {
+        let _ = rustix::process::waitid(
+            WaitId::PidFd(std::os::fd::AsFd::as_fd(fd)),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        );
+    }
+    env.owned.release(pid);
+
+    // Verify: nothing of this browser may be left but zombies on their way to a reaper.
+    let deadline = Instant::now() + spec.verify_deadline;
+    loop {
+        crate::reaper::reap_pass(&env.procfs, &env.owned);
+        let procfs = env.procfs.clone();
+        let n = needle.clone();
+        let left: Vec<Stat> = blocking(move || procfs.find(pgid, &n, me).unwrap_or_default())
+            .await
+            .into_iter()
+            .filter(|s| s.state != 'Z')
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for s in &left {
+                tracing::error!(pid = s.pid, comm = %s.comm, state = %s.state, dir = %dir.display(), "cleanup leak: process survived SIGKILL");
+            }
+            report.leaked_processes = left;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    if let Err(e) = remove_dir(dir).await {
+        tracing::error!(dir = %dir.display(), error = %e, "cleanup leak: browser directory not removed");
+        report.dir_left = true;
+    }
+    report
+}
+
+/// `<dir>/` as bytes: matches `--user-data-dir=<dir>/profile` and crashpad's
+/// `--database=<dir>/config/…`, never a sibling `b12` for `b1`.
+fn dir_needle(dir: &Path) -> Vec<u8> {
+    let mut n = dir.as_os_str().as_encoded_bytes().to_vec();
+    n.push(b'/');
+    n
+}
+
+async fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    let d = dir.to_path_buf();
+    let first = blocking_io(move || std::fs::remove_dir_all(&d)).await;
+    match first {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            // A process that exited a moment ago may still have been writing; once more.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let d = dir.to_path_buf();
+            match blocking_io(move || std::fs::remove_dir_all(&d)).await {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        }
+    }
+}
+
+async fn blocking_io(
+    f: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+async fn blocking<T: Send + Default + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap_or_default()
+}
+
+fn stderr_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("dbus") && !l.trim().is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(5)..];
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail.join(" | ")
+    }
+}
+
+/// Wait for `DevToolsActivePort` (Chromium writes the port it bound for
+/// `--remote-debugging-port=0` there), connect, and start the task that polls the CDP handler —
+/// without it every CDP call hangs.
+async fn connect(
+    profile: &Path,
+    dead: &CancellationToken,
+    spec: &Spec,
+    tasks: &TaskTracker,
+    handler_stop: &CancellationToken,
+) -> anyhow::Result<chromiumoxide::Browser> {
+    let port_file = profile.join("DevToolsActivePort");
+    let ws = loop {
+        if let Ok(text) = tokio::fs::read_to_string(&port_file).await {
+            let mut lines = text.lines();
+            if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                break format!("ws://127.0.0.1:{}{}", port.trim(), path.trim());
+            }
+        }
+        tokio::select! {
+            _ = dead.cancelled() => bail!("browser exited during start-up"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    };
+    let config = HandlerConfig {
+        request_timeout: spec.request_timeout,
+        ..HandlerConfig::default()
+    };
+    let (browser, mut handler) = chromiumoxide::Browser::connect_with_config(ws, config).await?;
+    let stop = handler_stop.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                ev = handler.next() => match ev {
+                    None => break,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::trace!(error = %e, "cdp handler"),
+                },
+            }
+        }
+    });
+    Ok(browser)
+}

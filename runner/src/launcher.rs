@@ -1,0 +1,180 @@
+//! One long-lived thread that spawns every browser.
+//!
+//! `PR_SET_PDEATHSIG` is delivered when the thread that forked the child exits, not when the
+//! process does. Tokio's blocking pool retires idle threads, so a browser spawned from there
+//! would be SIGKILLed at a random moment. Spawning from one dedicated thread that lives until
+//! the runner has closed every browser gives the parent-death signal the meaning we want:
+//! "the runner is gone".
+//!
+//! The launcher also keeps the set of pids the runner waits for itself (through pidfds), so
+//! the reaper (`reaper.rs`) never reaps one of them; spawn and registration happen under the
+//! same lock the reaper takes.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::Command;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+/// How the child is to be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Own process group, parent-death signal, waited for through its pidfd.
+    Owned,
+    /// New session, no parent-death signal, not waited for (the `abandon` fault).
+    Detached,
+}
+
+/// A spawned child: its pid, and for owned children a pidfd opened before anyone could reap it.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub pidfd: Option<OwnedFd>,
+}
+
+enum Request {
+    Spawn {
+        cmd: Box<Command>,
+        mode: Mode,
+        reply: oneshot::Sender<io::Result<Spawned>>,
+    },
+    Stop,
+}
+
+/// Pids the runner waits for itself; the reaper skips them.
+#[derive(Debug, Default, Clone)]
+pub struct Owned(Arc<Mutex<HashSet<i32>>>);
+
+impl Owned {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        // A poisoned lock only means a thread panicked while holding it; the set is still valid.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn release(&self, pid: i32) {
+        self.lock().remove(&pid);
+    }
+}
+
+/// Handle to the launcher thread. Dropping every clone of the sender and calling
+/// [`Launcher::join`] ends the thread — only after all browsers are gone.
+pub struct Launcher {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+    owned: Owned,
+}
+
+#[derive(Clone)]
+pub struct LaunchHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Launcher {
+    pub fn start(owned: Owned) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let thread_owned = owned.clone();
+        let thread = std::thread::Builder::new()
+            .name("browser-launcher".into())
+            .spawn(move || {
+                for req in rx {
+                    match req {
+                        Request::Spawn { cmd, mode, reply } => {
+                            let _ = reply.send(spawn(*cmd, mode, &thread_owned));
+                        }
+                        Request::Stop => break,
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            owned,
+        })
+    }
+
+    pub fn handle(&self) -> Option<LaunchHandle> {
+        self.tx.clone().map(|tx| LaunchHandle { tx })
+    }
+
+    pub fn owned(&self) -> &Owned {
+        &self.owned
+    }
+
+    /// Ends the thread. Call only after every browser has exited: the thread's exit is what
+    /// fires their parent-death signal. Later spawns through a handle fail.
+    pub fn join(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Request::Stop);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl LaunchHandle {
+    pub async fn spawn(&self, cmd: Command, mode: Mode) -> io::Result<Spawned> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Spawn {
+                cmd: Box::new(cmd),
+                mode,
+                reply,
+            })
+            .map_err(|_| io::Error::other("launcher thread is gone"))?;
+        rx.await
+            .map_err(|_| io::Error::other("launcher thread dropped the request"))?
+    }
+}
+
+fn spawn(mut cmd: Command, mode: Mode, owned: &Owned) -> io::Result<Spawned> {
+    match mode {
+        Mode::Owned => {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            crate::sys::tie_to_parent(&mut cmd);
+            // Hold the lock across spawn + registration: the reaper cannot see this child
+            // as an unowned zombie in between.
+            let mut set = owned.lock();
+            let child = cmd.spawn()?;
+            let pid = child.id() as i32;
+            // The child cannot be reaped before we register it (nobody else waits for it), so
+            // its pid cannot have been reused: the pidfd refers to it.
+            let pidfd = rustix::process::Pid::from_raw(pid)
+                .ok_or_else(|| io::Error::other("spawned child has pid 0"))
+                .and_then(|p| {
+                    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                        .map_err(io::Error::from)
+                });
+            match pidfd {
+                Ok(fd) => {
+                    set.insert(pid);
+                    // `Child` is dropped without waiting: the runner waits through the pidfd.
+                    drop(child);
+                    Ok(Spawned {
+                        pid,
+                        pidfd: Some(fd),
+                    })
+                }
+                Err(e) => {
+                    drop(set);
+                    let mut child = child;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err(e)
+                }
+            }
+        }
+        Mode::Detached => {
+            crate::sys::detach(&mut cmd);
+            let child = cmd.spawn()?;
+            Ok(Spawned {
+                pid: child.id() as i32,
+                pidfd: None,
+            })
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! One session: a fresh browser context, the job's steps, and closing the context — whatever
+//! happens in between.
+//!
+//! The steps run as one future raced against the session deadline, the shutdown token, and the
+//! browser's death; each step also has its own timeout. Losing a race drops the steps' future,
+//! which abandons its in-flight CDP calls (really cancelled, not left running); the context is
+//! then disposed with its own deadline, outside the race. A panic in a step is caught and is a
+//! failed attempt like any other. A failed attempt retires its browser.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
+use chromiumoxide::cdp::browser_protocol::page::{CaptureScreenshotFormat, PrintToPdfParams};
+use chromiumoxide::page::ScreenshotParams;
+use chromiumoxide::Page;
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::browser::Browser;
+use crate::faults::Fault;
+use crate::job::{resolve_url, Job, Step};
+use crate::pool::{Lease, Pool};
+
+/// What a session needs besides the pool.
+pub struct SessionEnv {
+    pub job: Arc<Job>,
+    pub site: String,
+    pub artifacts: PathBuf,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+#[derive(Debug)]
+pub enum AttemptError {
+    Failed(String),
+    Timeout,
+    Cancelled,
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Failed(m) => f.write_str(m),
+            AttemptError::Timeout => f.write_str("session timeout"),
+            AttemptError::Cancelled => f.write_str("cancelled by shutdown"),
+        }
+    }
+}
+
+/// Run one attempt of session `index`.
+pub async fn attempt(
+    pool: &Arc<Pool>,
+    env: &SessionEnv,
+    index: u64,
+    attempt: u32,
+    faults: &[Fault],
+    cancel: &CancellationToken,
+) -> Result<(), AttemptError> {
+    let deadline = tokio::time::Instant::now() + env.job.session_timeout;
+    if faults.contains(&Fault::Abandon) {
+        return abandoned(pool, env, index, attempt, faults, cancel, deadline).await;
+    }
+    let lease = tokio::select! {
+        _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::Timeout),
+        l = pool.acquire() => l.map_err(|e| AttemptError::Failed(e.to_string()))?,
+    };
+    let browser = lease.browser.clone();
+    let ctx_slot: Arc<Mutex<Option<BrowserContextId>>> = Arc::default();
+    let result = race(
+        steps(&browser, env, index, attempt, faults, ctx_slot.clone()),
+        &browser,
+        cancel,
+        deadline,
+    )
+    .await;
+    let ctx = ctx_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let disposed = match ctx {
+        Some(ctx) if !browser.dead.is_cancelled() => {
+            match tokio::time::timeout(pool.spec().close_timeout, browser.dispose_context(&ctx))
+                .await
+            {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(session = index, error = %e, "closing context failed; retiring browser");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        session = index,
+                        "closing context timed out; retiring browser"
+                    );
+                    false
+                }
+            }
+        }
+        Some(_) => false,
+        // No context was created (or we lost track of it while it was being created).
+        None => result.is_ok(),
+    };
+    pool.release(Lease { browser }, result.is_ok() && disposed);
+    drop(lease);
+    result
+}
+
+/// Race the steps against shutdown, the deadline and the browser's death; catch panics.
+async fn race(
+    steps: impl std::future::Future<Output = anyhow::Result<()>>,
+    browser: &Browser,
+    cancel: &CancellationToken,
+    deadline: tokio::time::Instant,
+) -> Result<(), AttemptError> {
+    tokio::select! {
+        r = std::panic::AssertUnwindSafe(steps).catch_unwind() => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AttemptError::Failed(format!("{e:#}"))),
+            Err(panic) => Err(AttemptError::Failed(format!("step panicked: {}", panic_message(&panic)))),
+        },
+        _ = cancel.cancelled() => Err(AttemptError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => Err(AttemptError::Timeout),
+        _ = browser.dead.cancelled() => Err(AttemptError::Failed("browser process died".into())),
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+async fn steps(
+    browser: &Browser,
+    env: &SessionEnv,
+    index: u64,
+    attempt: u32,
+    faults: &[Fault],
+    ctx_slot: Arc<Mutex<Option<BrowserContextId>>>,
+) -> anyhow::Result<()> {
+    let step_timeout = env.job.step_timeout;
+    let ctx = within(step_timeout, "create context", browser.new_context()).await?;
+    *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
+    let page = within(step_timeout, "new page", browser.new_page(&ctx)).await?;
+    run_steps(&page, Some(browser), env, index, attempt, faults).await
+}
+
+async fn run_steps(
+    page: &Page,
+    browser: Option<&Browser>,
+    env: &SessionEnv,
+    index: u64,
+    attempt: u32,
+    faults: &[Fault],
+) -> anyhow::Result<()> {
+    let job = &env.job;
+    let target = &job.targets[(index % job.targets.len() as u64) as usize];
+    for (n, step) in job.steps.iter().enumerate() {
+        within(
+            job.step_timeout,
+            step.kind(),
+            exec(page, step, target, env, index, attempt, n),
+        )
+        .await
+        .with_context(|| format!("step {} ({})", n + 1, step.kind()))?;
+        // Faults strike mid-session: after the first step.
+        if n == 0 {
+            for &fault in faults {
+                inject(fault, page, browser, env).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("{what} timed out after {limit:?}")),
+    }
+}
+
+/// JavaScript that resolves once `selector` matches (one CDP round trip, however long it waits).
+fn wait_for_js(selector: &str) -> String {
+    let sel = serde_json::to_string(selector).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        "new Promise(r => {{ const f = () => document.querySelector({sel}) ? r(true) : setTimeout(f, 20); f(); }})"
+    )
+}
+
+async fn exec(
+    page: &Page,
+    step: &Step,
+    target: &str,
+    env: &SessionEnv,
+    index: u64,
+    attempt: u32,
+    n: usize,
+) -> anyhow::Result<()> {
+    match step {
+        Step::Navigate(url) => {
+            page.goto(resolve_url(target, url, &env.site)).await?;
+        }
+        Step::WaitFor(sel) => {
+            page.evaluate_expression(wait_for_js(sel)).await?;
+        }
+        Step::Click(sel) => {
+            page.find_element(sel.as_str()).await?.click().await?;
+        }
+        Step::Type(t) => {
+            page.find_element(t.selector.as_str())
+                .await?
+                .click()
+                .await?
+                .type_str(&t.text)
+                .await?;
+        }
+        Step::Evaluate(expr) => {
+            let v = page.evaluate_expression(expr.as_str()).await?;
+            tracing::debug!(session = index, value = ?v.value(), "evaluate");
+        }
+        Step::Screenshot(s) => {
+            let png = page
+                .screenshot(
+                    ScreenshotParams::builder()
+                        .format(CaptureScreenshotFormat::Png)
+                        .full_page(s.full_page)
+                        .build(),
+                )
+                .await?;
+            write_artifact(&env.artifacts, index, attempt, n, "png", png).await?;
+        }
+        Step::Pdf(_) => {
+            let pdf = page.pdf(PrintToPdfParams::default()).await?;
+            write_artifact(&env.artifacts, index, attempt, n, "pdf", pdf).await?;
+        }
+        Step::Sleep(d) => tokio::time::sleep(d.0).await,
+    }
+    Ok(())
+}
+
+async fn write_artifact(
+    dir: &Path,
+    index: u64,
+    attempt: u32,
+    n: usize,
+    ext: &str,
+    bytes: Vec<u8>,
+) -> anyhow::Result<()> {
+    if bytes.is_empty() {
+        bail!("empty {ext}");
+    }
+    let path = dir.join(format!("s{index:05}-a{attempt}-step{}.{ext}", n + 1));
+    tokio::fs::write(&path, bytes)
+        .await
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Make the fault happen. Each returns an error when the fault took effect the way it does
+/// (the page is gone, hung, or the browser dead), so the attempt fails by its real cause.
+async fn inject(
+    fault: Fault,
+    page: &Page,
+    browser: Option<&Browser>,
+    env: &SessionEnv,
+) -> anyhow::Result<()> {
+    env.metrics.fault(fault).inc();
+    let limit = env.job.step_timeout;
+    tracing::info!(fault = %fault, "injecting fault");
+    match fault {
+        Fault::Crash => {
+            within(limit, "navigation to chrome://crash", async {
+                page.goto("chrome://crash").await?;
+                Ok(())
+            })
+            .await?;
+            // The tab answered after its renderer crashed: check it really is gone.
+            within(limit, "evaluate after crash", async {
+                page.evaluate_expression("1").await?;
+                Ok(())
+            })
+            .await?;
+            bail!("renderer crash was injected but the page still answers")
+        }
+        Fault::HangPage => {
+            within(limit, "hung page script", async {
+                page.evaluate_expression("(() => { for (;;) {} })()")
+                    .await?;
+                Ok(())
+            })
+            .await?;
+            bail!("hung page returned")
+        }
+        Fault::HangServer => {
+            let url = format!("{}/hang", env.site);
+            within(limit, "navigation to a hung server", async {
+                page.goto(url).await?;
+                Ok(())
+            })
+            .await?;
+            bail!("hung server answered")
+        }
+        Fault::KillBrowser => {
+            let Some(b) = browser else {
+                bail!("no browser to kill")
+            };
+            if !b.kill_for_fault() {
+                bail!("could not signal the browser");
+            }
+            // The session now fails on the browser's death (seen on its pidfd).
+            b.dead.cancelled().await;
+            bail!("browser killed")
+        }
+        Fault::Abandon => Ok(()),
+    }
+}
+
+/// The `abandon` fault: a detached browser of its own, used and then left running.
+async fn abandoned(
+    pool: &Arc<Pool>,
+    env: &SessionEnv,
+    index: u64,
+    attempt: u32,
+    faults: &[Fault],
+    cancel: &CancellationToken,
+    deadline: tokio::time::Instant,
+) -> Result<(), AttemptError> {
+    env.metrics.fault(Fault::Abandon).inc();
+    let browser = tokio::select! {
+        _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::Timeout),
+        b = pool.launch_detached(index) => b.map_err(|e| AttemptError::Failed(format!("{e:#}")))?,
+    };
+    tracing::warn!(
+        session = index,
+        pid = browser.pid,
+        dir = %browser.dir.display(),
+        "fault `abandon`: leaving this browser running with its profile; the sidecar should catch it"
+    );
+    let others: Vec<Fault> = faults
+        .iter()
+        .copied()
+        .filter(|f| *f != Fault::Abandon)
+        .collect();
+    let body = async {
+        let ctx = within(
+            env.job.step_timeout,
+            "create context",
+            browser.new_context(),
+        )
+        .await?;
+        let page = within(env.job.step_timeout, "new page", browser.new_page(&ctx)).await?;
+        run_steps(&page, None, env, index, attempt, &others).await
+    };
+    let result = race(body, &browser, cancel, deadline).await;
+    // No cleanup: drop the CDP connection only.
+    browser.close(pool.spec(), pool.env()).await;
+    result
+}

@@ -1,0 +1,266 @@
+//! The embedded site the default job runs against, served on 127.0.0.1 by the runner itself so
+//! a run needs no network.
+//!
+//! | path          | what                                                           |
+//! |---------------|----------------------------------------------------------------|
+//! | `/`           | index: links to every page and a search form                    |
+//! | `/search?q=`  | the form's target; echoes the query in `#result`                |
+//! | `/rows`       | a table of 200 rows (`#row-0` … `#row-199`)                      |
+//! | `/late-title` | sets its title from JavaScript after 200 ms, then adds `#ready`  |
+//! | `/slow?ms=N`  | answers after N ms (default 1500, at most 30000)                 |
+//! | `/heavy`      | about 1 MB of DOM (5,000 styled rows)                            |
+//! | `/hang`       | never answers (until the runner shuts down): the `hang-server` fault |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub const ROWS: usize = 200;
+const HEAVY_ROWS: usize = 5000;
+const SLOW_DEFAULT_MS: u64 = 1500;
+const SLOW_MAX_MS: u64 = 30_000;
+/// A hung request is released at shutdown at the latest; this bounds it otherwise.
+const HANG_MAX: Duration = Duration::from_secs(600);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Pages {
+    index: Bytes,
+    rows: Bytes,
+    late: Bytes,
+    heavy: Bytes,
+}
+
+impl Pages {
+    fn build() -> Self {
+        let index = page(
+            "leakwarden test site",
+            r#"<h1>leakwarden test site</h1>
+<nav><a id="rows" href="/rows">200 rows</a> · <a id="late" href="/late-title">late title</a> ·
+<a id="slow" href="/slow">slow</a> · <a id="heavy" href="/heavy">heavy</a></nav>
+<form id="search" action="/search" method="get">
+<input id="q" name="q" autocomplete="off"> <button id="go" type="submit">Search</button>
+</form>"#,
+        );
+        let mut rows = String::from("<h1>Rows</h1><table id=\"rows\">");
+        for i in 0..ROWS {
+            rows.push_str(&format!(
+                "<tr id=\"row-{i}\"><td>{i}</td><td>item {i}</td><td>{}</td></tr>",
+                i * i
+            ));
+        }
+        rows.push_str("</table><a id=\"home\" href=\"/\">home</a>");
+        let late = page(
+            "Loading…",
+            r#"<h1>Late title</h1>
+<script>
+setTimeout(() => {
+  document.title = "Late title";
+  const d = document.createElement("div");
+  d.id = "ready";
+  d.textContent = "ready";
+  document.body.appendChild(d);
+}, 200);
+</script>"#,
+        );
+        let mut heavy = String::from(
+            "<style>.r{display:flex;gap:4px;padding:2px;border-bottom:1px solid #ddd}.r:nth-child(odd){background:#f4f4f4}</style><h1>Heavy</h1><div id=\"heavy\">",
+        );
+        for i in 0..HEAVY_ROWS {
+            heavy.push_str(&format!(
+                "<div class=\"r\" id=\"h-{i}\"><span>{i}</span><span>lorem ipsum dolor sit amet {i}</span><b>{}</b><i>consectetur adipiscing elit sed do eiusmod</i></div>",
+                i * 7
+            ));
+        }
+        heavy.push_str("</div>");
+        Self {
+            index: Bytes::from(index),
+            rows: Bytes::from(page("Rows", &rows)),
+            late: Bytes::from(late),
+            heavy: Bytes::from(page("Heavy", &heavy)),
+        }
+    }
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>{body}</body></html>"
+    )
+}
+
+fn html(body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = code;
+    r
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('+', " ")
+}
+
+async fn handle(
+    pages: Arc<Pages>,
+    stop: CancellationToken,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let query = req.uri().query();
+    Ok(match req.uri().path() {
+        "/" => html(pages.index.clone()),
+        "/rows" => html(pages.rows.clone()),
+        "/late-title" => html(pages.late.clone()),
+        "/heavy" => html(pages.heavy.clone()),
+        "/search" => {
+            let q = escape(query_param(query, "q").unwrap_or(""));
+            html(Bytes::from(page(
+                "Search",
+                &format!("<div id=\"result\">You searched for: {q}</div>"),
+            )))
+        }
+        "/slow" => {
+            let ms = query_param(query, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(SLOW_DEFAULT_MS)
+                .min(SLOW_MAX_MS);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                _ = stop.cancelled() => {}
+            }
+            html(Bytes::from(page(
+                "Slow",
+                &format!("<p id=\"slow\">after {ms} ms</p>"),
+            )))
+        }
+        "/hang" => {
+            tokio::select! {
+                _ = tokio::time::sleep(HANG_MAX) => {}
+                _ = stop.cancelled() => {}
+            }
+            status(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        "/favicon.ico" => status(StatusCode::NO_CONTENT),
+        _ => status(StatusCode::NOT_FOUND),
+    })
+}
+
+/// Bind 127.0.0.1:`port` (0: any) and serve until `stop`; connections are tracked by `tracker`.
+pub async fn start(
+    port: u16,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    let pages = Arc::new(Pages::build());
+    let conn_tracker = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let pages = pages.clone();
+            let stop = stop.clone();
+            conn_tracker.spawn(async move {
+                let svc_stop = stop.clone();
+                let svc = service_fn(move |req| handle(pages.clone(), svc_stop.clone(), req));
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_pages_and_hangs_until_shutdown() {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let addr = start(0, &tracker, stop.clone()).await.unwrap();
+        let index = get(addr, "/").await;
+        assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+        assert!(index.contains("<form id=\"search\""));
+        let rows = get(addr, "/rows").await;
+        assert_eq!(rows.matches("<tr id=\"row-").count(), ROWS);
+        assert!(get(addr, "/late-title").await.contains("Late title"));
+        assert!(get(addr, "/search?q=a+%3Cb")
+            .await
+            .contains("You searched for: a %3Cb"));
+        assert!(get(addr, "/heavy").await.len() > 500_000);
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        assert!(get(addr, "/slow?ms=10").await.contains("after 10 ms"));
+
+        let hang = tokio::spawn(get(addr, "/hang"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!hang.is_finished(), "/hang must not answer");
+        stop.cancel();
+        let out = tokio::time::timeout(Duration::from_secs(5), hang)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .unwrap();
+    }
+}

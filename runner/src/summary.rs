@@ -1,0 +1,339 @@
+//! What a run did: the live progress line, the summary table at the end, and the same as JSON
+//! (`--summary-json`) for tests and scripts.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::Fault;
+use crate::metrics::Outcome;
+use crate::pool::PoolStats;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    pub index: u64,
+    pub outcome: Outcome,
+    pub attempts: u32,
+    pub duration_ms: u64,
+    pub faults: Vec<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Shared, append-only record of finished sessions.
+#[derive(Debug, Default, Clone)]
+pub struct Records(Arc<Mutex<Vec<SessionRecord>>>);
+
+impl Records {
+    pub fn push(&self, r: SessionRecord) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+    }
+
+    pub fn snapshot(&self) -> Vec<SessionRecord> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Durations {
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub max_ms: u64,
+    pub mean_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cleanup {
+    pub browsers_closed: u64,
+    pub processes_signalled: u64,
+    pub leaked_processes: u64,
+    pub dirs_left: u64,
+    /// Everything verification found left (processes + directories), as counted in
+    /// `leakwarden_runner_cleanup_leaks_total`.
+    pub leaks: u64,
+    pub stale_run_dirs_removed: u64,
+    pub run_dir_removed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub job: String,
+    pub run_dir: String,
+    pub sessions_planned: u64,
+    pub sessions: BTreeMap<&'static str, u64>,
+    pub not_started: u64,
+    pub attempts: u64,
+    pub concurrency: usize,
+    pub wall_seconds: f64,
+    pub sessions_per_minute: f64,
+    pub durations: Durations,
+    pub browsers_launched: u64,
+    pub launch_failures: u64,
+    pub faults_injected: BTreeMap<&'static str, u64>,
+    pub cleanup: Cleanup,
+    pub interrupted: bool,
+    pub records: Vec<SessionRecord>,
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    job: &str,
+    run_dir: &str,
+    planned: u64,
+    concurrency: usize,
+    wall: Duration,
+    mut records: Vec<SessionRecord>,
+    pool: PoolStats,
+    extra_leaks: u64,
+    stale_removed: u64,
+    run_dir_removed: bool,
+    interrupted: bool,
+) -> Summary {
+    records.sort_by_key(|r| r.index);
+    let mut sessions: BTreeMap<&'static str, u64> =
+        Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for r in &records {
+        *sessions.entry(r.outcome.as_str()).or_default() += 1;
+        for f in &r.faults {
+            *faults.entry(f.as_str()).or_default() += 1;
+        }
+    }
+    let mut ds: Vec<u64> = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Ok | Outcome::Retried))
+        .map(|r| r.duration_ms)
+        .collect();
+    ds.sort_unstable();
+    let mean = if ds.is_empty() {
+        0
+    } else {
+        ds.iter().sum::<u64>() / ds.len() as u64
+    };
+    let done = sessions["ok"] + sessions["retried"];
+    let secs = wall.as_secs_f64();
+    let leaked_processes = pool.leaked_processes + extra_leaks;
+    Summary {
+        job: job.to_string(),
+        run_dir: run_dir.to_string(),
+        sessions_planned: planned,
+        not_started: planned.saturating_sub(records.len() as u64),
+        attempts: records.iter().map(|r| u64::from(r.attempts)).sum(),
+        sessions,
+        concurrency,
+        wall_seconds: secs,
+        sessions_per_minute: if secs > 0.0 {
+            done as f64 * 60.0 / secs
+        } else {
+            0.0
+        },
+        durations: Durations {
+            p50_ms: percentile(&ds, 50.0),
+            p95_ms: percentile(&ds, 95.0),
+            max_ms: ds.last().copied().unwrap_or(0),
+            mean_ms: mean,
+        },
+        browsers_launched: pool.browsers_launched,
+        launch_failures: pool.launch_failures,
+        faults_injected: faults,
+        cleanup: Cleanup {
+            browsers_closed: pool.browsers_closed,
+            processes_signalled: pool.processes_signalled,
+            leaked_processes,
+            dirs_left: pool.dirs_left,
+            leaks: leaked_processes + pool.dirs_left + u64::from(!run_dir_removed),
+            stale_run_dirs_removed: stale_removed,
+            run_dir_removed,
+        },
+        interrupted,
+        records,
+    }
+}
+
+impl Summary {
+    pub fn table(&self) -> String {
+        let s = &self.sessions;
+        let mut out = String::new();
+        out.push_str(&format!(
+            "leakwarden-runner: job `{}`, {} of {} sessions in {:.1} s at concurrency {} ({:.1} sessions/min){}\n",
+            self.job,
+            self.records.len(),
+            self.sessions_planned,
+            self.wall_seconds,
+            self.concurrency,
+            self.sessions_per_minute,
+            if self.interrupted { ", interrupted" } else { "" }
+        ));
+        let rows: Vec<(String, String)> = vec![
+            ("sessions ok".into(), s["ok"].to_string()),
+            (
+                "sessions retried (ok after retry)".into(),
+                s["retried"].to_string(),
+            ),
+            ("sessions failed".into(), s["failed"].to_string()),
+            ("sessions timed out".into(), s["timeout"].to_string()),
+            ("sessions cancelled".into(), s["cancelled"].to_string()),
+            ("sessions not started".into(), self.not_started.to_string()),
+            (
+                "duration p50 / p95 / max".into(),
+                format!(
+                    "{} / {} / {} ms",
+                    self.durations.p50_ms, self.durations.p95_ms, self.durations.max_ms
+                ),
+            ),
+            (
+                "browsers launched / closed".into(),
+                format!(
+                    "{} / {}",
+                    self.browsers_launched, self.cleanup.browsers_closed
+                ),
+            ),
+            ("launch failures".into(), self.launch_failures.to_string()),
+            (
+                "faults injected".into(),
+                if self.faults_injected.is_empty() {
+                    "none".into()
+                } else {
+                    self.faults_injected
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
+            (
+                "cleanup: processes signalled".into(),
+                self.cleanup.processes_signalled.to_string(),
+            ),
+            (
+                "cleanup: leaks (processes + dirs)".into(),
+                self.cleanup.leaks.to_string(),
+            ),
+            (
+                "stale run dirs removed at start".into(),
+                self.cleanup.stale_run_dirs_removed.to_string(),
+            ),
+        ];
+        let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<w$}  {v}\n"));
+        }
+        out
+    }
+}
+
+/// Prints a progress line until `stop`: rewritten in place on a terminal, every 10 s otherwise.
+pub async fn progress(
+    records: Records,
+    planned: u64,
+    metrics: Arc<crate::metrics::Metrics>,
+    started: Instant,
+    stop: CancellationToken,
+) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let recs = records.snapshot();
+        let count = |o: Outcome| recs.iter().filter(|r| r.outcome == o).count();
+        let done = count(Outcome::Ok) + count(Outcome::Retried);
+        let rate = done as f64 * 60.0 / started.elapsed().as_secs_f64().max(0.001);
+        let line = format!(
+            "[{}/{}] ok {} retried {} failed {} · {} active · {} browsers · {:.1} sessions/min",
+            recs.len(),
+            planned,
+            count(Outcome::Ok),
+            count(Outcome::Retried),
+            count(Outcome::Failed) + count(Outcome::Timeout),
+            metrics.active_sessions.get(),
+            metrics.active_browsers.get(),
+            rate
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 95.0), 95);
+        assert_eq!(percentile(&[7], 95.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn summary_counts_outcomes_and_leaks() {
+        let rec = |i, o, ms| SessionRecord {
+            index: i,
+            outcome: o,
+            attempts: 1,
+            duration_ms: ms,
+            faults: vec![],
+            error: None,
+        };
+        let s = build(
+            "j",
+            "/tmp/x",
+            4,
+            2,
+            Duration::from_secs(60),
+            vec![
+                rec(1, Outcome::Ok, 100),
+                rec(0, Outcome::Retried, 300),
+                rec(2, Outcome::Failed, 9000),
+            ],
+            PoolStats {
+                browsers_launched: 2,
+                dirs_left: 1,
+                ..PoolStats::default()
+            },
+            0,
+            0,
+            true,
+            false,
+        );
+        assert_eq!(s.sessions["ok"], 1);
+        assert_eq!(s.sessions["retried"], 1);
+        assert_eq!(s.sessions["failed"], 1);
+        assert_eq!(s.not_started, 1);
+        assert_eq!(s.sessions_per_minute, 2.0);
+        assert_eq!(s.durations.p50_ms, 100);
+        assert_eq!(s.cleanup.leaks, 1);
+        assert_eq!(s.records[0].index, 0);
+        assert!(s.table().contains("sessions failed"));
+    }
+}

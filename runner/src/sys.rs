@@ -1,0 +1,77 @@
+//! The runner's only unsafe code: what a browser's child process does between `fork` and `exec`.
+//!
+//! `Command::pre_exec` is unsafe because the closure runs in a forked copy of a multi-threaded
+//! process, where only async-signal-safe operations are allowed. The closures here make raw
+//! system calls only (prctl, getppid, setsid, close_range): no allocation, no locks.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use rustix::process::{Pid, Signal};
+
+/// Tie the child to the runner: SIGKILL when the spawning thread exits (`PR_SET_PDEATHSIG`),
+/// and fail the exec if the runner already died between `fork` and the `prctl` (the race the
+/// man page warns about). Inherited descriptors above stderr are marked close-on-exec.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so the caller must spawn from a
+/// thread that lives as long as the runner (see `launcher.rs`).
+pub fn tie_to_parent(cmd: &mut Command) {
+    let parent: Pid = rustix::process::getpid();
+    // SAFETY: the closure only issues async-signal-safe system calls (prctl, getppid,
+    // close_range) and allocates nothing; `parent` is a plain integer copied in.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::other("runner exited before the browser started"));
+            }
+            cloexec_inherited();
+            Ok(())
+        });
+    }
+}
+
+/// The `abandon` fault: the child starts a new session (no process group the runner could
+/// signal) and has no parent-death signal — the way a buggy bot leaves its browser.
+pub fn detach(cmd: &mut Command) {
+    // SAFETY: setsid and close_range are async-signal-safe system calls; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            cloexec_inherited();
+            Ok(())
+        });
+    }
+}
+
+/// Mark every descriptor above stderr close-on-exec, so descriptors the runner inherited without
+/// `O_CLOEXEC` (from a shell or a test harness) do not leak into the browser. Marking instead of
+/// closing keeps std's own error-reporting pipe working. Best effort: on kernels before 5.11 the
+/// call fails and nothing changes.
+fn cloexec_inherited() {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
+/// Register an owned pidfd with tokio's reactor, so the runner can await a process's exit
+/// (a pidfd becomes readable when its process exits).
+pub fn async_pidfd(
+    fd: std::os::fd::OwnedFd,
+) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: `OwnedFd` owns the descriptor for the whole life of the `AsyncFd` and its
+    // `as_raw_fd` always returns that same descriptor — the requirement of
+    // `register_with_interest`.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            .map_err(Into::into)
+    }
+}
