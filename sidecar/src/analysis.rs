@@ -23,7 +23,8 @@ use crate::detect::leaks::{self, LeakParams, Series, Trend, Verdict};
 use crate::enforce::{Facts, ProcFacts, TreeFacts};
 use crate::family::{self, Ties, Tree, TreeKey};
 use crate::kill::Target;
-use crate::policy::{Policy, Resource};
+use crate::policy::{FamilyKind, Policy, Resource};
+use crate::proc::ProcFs;
 use crate::snapshot::Snapshot;
 
 /// Crashpad handlers start within this long after their browser.
@@ -131,6 +132,9 @@ pub struct Tracker {
     series: HashMap<TreeKey, TreeSeries>,
     family_series: HashMap<String, TreeSeries>,
     cgroup_root: PathBuf,
+    fs: ProcFs,
+    /// NETLINK_SOCK_DIAG answered (it does not in another network namespace's view).
+    sock_diag: bool,
 }
 
 impl Default for Tracker {
@@ -159,7 +163,81 @@ impl Tracker {
             series: HashMap::new(),
             family_series: HashMap::new(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            fs: ProcFs::new("/proc"),
+            sock_diag: true,
         }
+    }
+
+    /// Read sockets under another /proc root (the scanner's).
+    pub fn with_proc_root(mut self, root: &std::path::Path) -> Self {
+        self.fs = ProcFs::new(root);
+        self
+    }
+
+    /// Tie new crashpad handlers to browsers through the unix sockets they share: the first
+    /// handler's client socket peers with a browser socket, the second's with the first handler.
+    fn tie_by_socket(&mut self, s: &Snapshot) -> Ties {
+        let mut out = Ties::new();
+        let kind =
+            |p: &crate::snapshot::Proc| p.info.as_deref().map(|i| (i.kind, i.role.is_none()));
+        let handlers: Vec<&crate::snapshot::Proc> = s
+            .procs
+            .iter()
+            .filter(|p| kind(p).is_some_and(|k| k.0 == FamilyKind::Crashpad))
+            .filter(|p| !self.ties.contains_key(&p.id()))
+            .collect();
+        if handlers.is_empty() || !self.sock_diag {
+            return out;
+        }
+        let peers = match crate::proc::sockdiag::unix_peers(Duration::from_secs(1)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(error = %e, "NETLINK_SOCK_DIAG unavailable; tying crashpad handlers by start time");
+                self.sock_diag = false;
+                return out;
+            }
+        };
+        let mut owner_of: HashMap<u32, (i32, u64)> = HashMap::new();
+        for p in &s.procs {
+            let Some((k, is_root)) = kind(p) else {
+                continue;
+            };
+            if (k == FamilyKind::Browser && is_root) || k == FamilyKind::Crashpad {
+                for (_, ino) in self.fs.socket_inodes(p.pid).unwrap_or_default() {
+                    owner_of.insert(ino as u32, p.id());
+                }
+            }
+        }
+        let is_handler = |id: &(i32, u64)| handlers.iter().any(|h| h.id() == *id);
+        let mut via_handler: Vec<((i32, u64), (i32, u64))> = Vec::new();
+        for h in &handlers {
+            for (_, ino) in self.fs.socket_inodes(h.pid).unwrap_or_default() {
+                let Some(peer) = peers.get(&(ino as u32)) else {
+                    continue;
+                };
+                let Some(&o) = owner_of.get(peer) else {
+                    continue;
+                };
+                if o == h.id() {
+                    continue;
+                }
+                if is_handler(&o) || self.ties.contains_key(&o) {
+                    via_handler.push((h.id(), o));
+                } else {
+                    out.insert(h.id(), o);
+                    break;
+                }
+            }
+        }
+        for (h, other) in via_handler {
+            if out.contains_key(&h) {
+                continue;
+            }
+            if let Some(b) = out.get(&other).or_else(|| self.ties.get(&other)).copied() {
+                out.insert(h, b);
+            }
+        }
+        out
     }
 
     /// Analyse one snapshot (call once per scan, in order).
@@ -180,6 +258,8 @@ impl Tracker {
             .retain(|h, b| live.contains(h) && live.contains(b));
 
         // crashpad ties: keep known ones, place new handlers by start time.
+        let by_socket = self.tie_by_socket(s);
+        self.ties.extend(by_socket);
         let window = CRASHPAD_TIE_WINDOW.as_secs() * s.clk_tck;
         let new_ties = family::tie_by_start_time(s, &self.ties, window);
         self.ties.extend(new_ties);
@@ -584,7 +664,6 @@ mod tests {
     use super::*;
     use crate::family::testutil::*;
     use crate::policy;
-    use crate::policy::FamilyKind;
     use crate::proc::MemInfo;
 
     fn chromium(pid: i32, ppid: i32, start: u64, args: &str) -> crate::snapshot::Proc {

@@ -19,7 +19,9 @@ use crate::snapshot::{ScanError, Scanner};
 pub fn analyze_once(policy: &Policy, proc_root: &Path) -> Result<Analysis, ScanError> {
     let mut scanner = Scanner::new(ProcFs::new(proc_root));
     let snap = scanner.scan(policy)?;
-    Ok(Tracker::new().analyze(Arc::new(snap), policy))
+    Ok(Tracker::new()
+        .with_proc_root(proc_root)
+        .analyze(Arc::new(snap), policy))
 }
 
 /// `leakwarden scan`.

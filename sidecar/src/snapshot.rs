@@ -256,8 +256,9 @@ impl Scanner {
         uptime: f64,
     ) -> Result<Option<Proc>, ReadError> {
         let st = self.fs.stat(pid, &mut self.buf)?;
-        // Kernel threads (children of kthreadd) hold no memory or files and never match.
-        if pid == 2 || st.ppid == 2 {
+        // Kernel threads hold no memory or files and never match. (Not "PID 2 and its children":
+        // inside a PID namespace PID 2 is an ordinary process.)
+        if st.flags & proc::PF_KTHREAD != 0 {
             return Ok(None);
         }
         let uid = self.fs.uid(pid)?;

@@ -135,7 +135,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     scanner.pod_attribution = cfg.pod_attribution;
     let mut core = Some(Core {
         scanner,
-        tracker: Tracker::new(),
+        tracker: Tracker::new().with_proc_root(&cfg.proc_root),
     });
     let mut generation = 1u64;
     let mut enforcer = Enforcer::new(&policy);
@@ -217,7 +217,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 scanner.pod_attribution = cfg.pod_attribution;
                 core = Some(Core {
                     scanner,
-                    tracker: Tracker::new(),
+                    tracker: Tracker::new().with_proc_root(&cfg.proc_root),
                 });
                 continue;
             }

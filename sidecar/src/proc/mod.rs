@@ -3,6 +3,8 @@
 //! mid-read ([`ReadError::Gone`]) is expected and skipped, a permission denied drops a field or
 //! the process and is counted, never a panic.
 
+pub mod sockdiag;
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -53,6 +55,8 @@ pub struct Stat {
     pub pgid: i32,
     pub sid: i32,
     pub threads: u64,
+    /// Kernel flags (field 9); `PF_KTHREAD` marks kernel threads.
+    pub flags: u64,
     /// Clock ticks after boot.
     pub start_ticks: u64,
     /// Resident set, in pages.
@@ -76,7 +80,9 @@ pub fn parse_stat(buf: &[u8]) -> Option<Stat> {
     let ppid = it.next()?.parse().ok()?; // 4
     let pgid = it.next()?.parse().ok()?; // 5
     let sid = it.next()?.parse().ok()?; // 6
-    let mut it = it.skip(13); // fields 7..=19
+    let mut it = it.skip(2); // fields 7, 8
+    let flags = it.next()?.parse().ok()?; // 9
+    let mut it = it.skip(10); // fields 10..=19
     let threads = it.next()?.parse().ok()?; // 20
     let start_ticks = it.nth(1)?.parse().ok()?; // 22 (21 is itrealvalue)
     let rss_pages: i64 = it.nth(1)?.parse().ok()?; // 24 (23 is vsize)
@@ -87,20 +93,32 @@ pub fn parse_stat(buf: &[u8]) -> Option<Stat> {
         pgid,
         sid,
         threads,
+        flags,
         start_ticks,
         rss_pages: rss_pages.max(0) as u64,
     })
 }
 
-/// `/proc/PID/cmdline` as arguments (NUL-separated; a process may rewrite it with spaces).
+/// Kernel thread flag in `/proc/PID/stat` field 9.
+pub const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// `/proc/PID/cmdline` as arguments. Normally NUL-separated; a process that rewrote its title
+/// (Chromium's zygote-forked children do, setproctitle-style) shows one space-separated string,
+/// which is split on spaces so its flags can still be read.
 pub fn parse_cmdline(buf: &[u8]) -> Vec<String> {
-    let buf = buf.strip_suffix(&[0]).unwrap_or(buf);
+    let end = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let buf = &buf[..end];
     if buf.is_empty() {
         return Vec::new();
     }
-    buf.split(|&b| b == 0)
+    let mut args: Vec<String> = buf
+        .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+        .collect();
+    if args.len() == 1 && args[0].contains(" --") {
+        args = args[0].split(' ').map(str::to_string).collect();
+    }
+    args
 }
 
 /// The soft "Max open files" limit from `/proc/PID/limits` (`None` if unlimited or unreadable).
@@ -343,6 +361,7 @@ mod tests {
         assert_eq!(s.comm, "chromium");
         assert_eq!((s.state, s.ppid, s.pgid, s.sid), ('S', 1, 4242, 4242));
         assert_eq!((s.threads, s.start_ticks, s.rss_pages), (7, 123456, 2560));
+        assert_eq!(s.flags & PF_KTHREAD, 0);
     }
 
     #[test]
@@ -383,6 +402,16 @@ mod tests {
     fn cmdline_split() {
         assert_eq!(parse_cmdline(b"a\0--b=c d\0"), ["a", "--b=c d"]);
         assert_eq!(parse_cmdline(b"rewritten title"), ["rewritten title"]);
+        assert_eq!(
+            parse_cmdline(
+                b"/usr/lib/chromium/chromium --type=renderer --user-data-dir=/tmp/p\0\0\0"
+            ),
+            [
+                "/usr/lib/chromium/chromium",
+                "--type=renderer",
+                "--user-data-dir=/tmp/p"
+            ]
+        );
         assert!(parse_cmdline(b"").is_empty());
     }
 
