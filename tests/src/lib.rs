@@ -103,3 +103,4 @@ pub fn chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 pub mod ops;
+pub mod sidecar;
