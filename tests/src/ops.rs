@@ -440,41 +440,54 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
 
 // === the programs' own /metrics ===
 
-/// Runs the sidecar (`leakwarden watch --dry-run`) and the runner (`leakwarden-runner run`) side by
-/// side in one private PID namespace — the sidecar then sees the runner's browsers, so per-family
-/// series exist — scrapes both, and returns the union of their metric names, plus both raw
-/// expositions for messages. Nothing is killed: the sidecar runs with `--dry-run`, and the
-/// namespace dies with the test's `unshare` process.
+/// Runs the sidecar (`leakwarden watch --dry-run`, orphans judged after 2 s) and the runner
+/// (`leakwarden-runner run`, two sessions, one abandoned) side by side in one private PID
+/// namespace, so that per-family series, an orphan and a (dry-run) kill decision exist; scrapes
+/// both and returns the union of their metric names, plus both raw expositions for messages.
+/// Nothing is killed (`--dry-run`), and the namespace dies with the test's `unshare` process.
 pub fn scrape_programs(dir: &Path) -> (BTreeSet<String>, String) {
     let sidecar_addr = format!("127.0.0.1:{}", free_port());
     let runner_addr = format!("127.0.0.1:{}", free_port());
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "rules:\n  - name: orphaned-browser-tree\n    when: { orphaned_for: 2s }\n    action: kill-tree\n",
+    )
+    .expect("write policy");
     let script = format!(
-        "{sidecar} watch --listen {sidecar_addr} --interval 1s --dry-run & \
-         {runner} run --sessions 1000 --concurrency 1 --listen {runner_addr} & \
+        "{sidecar} watch --policy {policy} --listen {sidecar_addr} --interval 1s --dry-run & \
+         {runner} run --sessions 2 --concurrency 1 --fault abandon:0.5 --listen {runner_addr}; \
          wait",
         sidecar = crate::bin("leakwarden").display(),
         runner = crate::bin("leakwarden-runner").display(),
+        policy = policy.display(),
     );
     let mut cmd = crate::in_pid_namespace("sh");
     cmd.arg("-c").arg(script).env("TMPDIR", dir);
     let mut d = Daemon::spawn("sidecar+runner", &mut cmd, dir);
     wait_http_ok(&mut d, &sidecar_addr, "/metrics", Duration::from_secs(30));
-    wait_http_ok(&mut d, &runner_addr, "/metrics", Duration::from_secs(60));
-    // Let the runner finish a session and the sidecar scan it, so labelled series exist.
+    // The runner exits after its sessions: keep its last scrape. The sidecar then sees the
+    // abandoned browser orphaned and decides (dry-run) to kill it.
     let scrape = |addr: &str| {
         http_get(addr, "/metrics")
+            .ok()
+            .filter(|r| r.status == 200)
             .map(|r| r.body)
-            .unwrap_or_default()
     };
-    let (sidecar, runner) = wait_for(
-        "a finished runner session in the runner's /metrics",
-        Duration::from_secs(60),
+    let mut runner = String::new();
+    let sidecar = wait_for(
+        "the runner's sessions and a dry-run kill decision in the sidecar's /metrics",
+        Duration::from_secs(120),
         Duration::from_millis(500),
         || {
-            let runner = scrape(&runner_addr);
-            runner
-                .contains("leakwarden_runner_sessions_total{")
-                .then(|| (scrape(&sidecar_addr), runner))
+            d.assert_running();
+            if let Some(r) = scrape(&runner_addr) {
+                runner = r;
+            }
+            let s = scrape(&sidecar_addr)?;
+            (runner.contains("leakwarden_runner_sessions_total{")
+                && s.contains("leakwarden_kills_total{"))
+            .then_some(s)
         },
     );
     let mut names = exposition_names(&sidecar);

@@ -191,6 +191,80 @@ fn every_dashboard_and_rule_expression_parses_in_a_real_prometheus() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Series that exist only in states this test cannot create on a development machine: the
+/// programs register them, but a labelled metric without a child is not exposed. For these the
+/// name must at least be registered in the programs' source, as a string literal.
+const STATE_DEPENDENT: [(&str, &str); 4] = [
+    (
+        "leakwarden_leak_time_to_limit_seconds",
+        "only while a leak is projected to reach a limit (minutes of growth)",
+    ),
+    (
+        "leakwarden_pod_processes",
+        "--pod-attribution on a Kubernetes node",
+    ),
+    (
+        "leakwarden_pod_orphan_processes",
+        "--pod-attribution on a Kubernetes node",
+    ),
+    (
+        "leakwarden_pod_resident_memory_bytes",
+        "--pod-attribution on a Kubernetes node",
+    ),
+];
+
+/// Whether `"name"` appears in a Rust source file of the sidecar or the runner.
+fn registered_in_source(name: &str) -> bool {
+    let quoted = format!("\"{name}\"");
+    ["sidecar/src", "runner/src"].iter().any(|d| {
+        let mut stack = vec![workspace_root().join(d)];
+        while let Some(p) = stack.pop() {
+            if p.is_dir() {
+                stack.extend(
+                    std::fs::read_dir(&p)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            } else if p.extension().is_some_and(|e| e == "rs")
+                && std::fs::read_to_string(&p).is_ok_and(|t| t.contains(&quoted))
+            {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// `leakwarden_*` names in alert annotations (templates that `query` a series).
+fn annotation_names() -> Vec<(String, String)> {
+    let re = regex::Regex::new(r"leakwarden_[a-z0-9_]+").expect("regex");
+    rule_files()
+        .iter()
+        .flat_map(|f| rules_of(&read_yaml(f)))
+        .flat_map(|r| {
+            let alert = r["alert"].as_str().unwrap_or("?").to_owned();
+            let texts: Vec<String> = r["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| *k != "runbook_url")
+                .filter_map(|(_, v)| v.as_str().map(str::to_owned))
+                .collect();
+            texts
+                .iter()
+                .flat_map(|t| {
+                    re.find_iter(t)
+                        .map(|m| m.as_str().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .map(|n| (format!("annotation of {alert}"), n))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Names are checked against what the programs really export, not against a list in this test:
 /// a renamed metric breaks this test, not a dashboard in production. Starts the runner (real
 /// Chromium) next to the sidecar, hence `browser` in the name (the nextest group of heavy tests).
@@ -199,18 +273,35 @@ fn metric_names_in_dashboards_and_alerts_exist_in_a_browser_run_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (exported, raw) = scrape_programs(dir.path());
     let recorded = recorded_names();
-    let mut problems = BTreeSet::new();
+    let mut used: Vec<(String, String)> = Vec::new();
     for (where_, expr) in dashboard_exprs().into_iter().chain(alert_exprs()) {
         for name in promql_names(&expr) {
-            let known = if name.contains(':') {
-                recorded.contains(&name)
-            } else {
-                exported.contains(&name)
-            };
-            if !known {
-                problems.insert(format!("{where_}: {name}"));
+            used.push((where_.clone(), name));
+        }
+    }
+    used.extend(annotation_names());
+    let mut problems = BTreeSet::new();
+    let mut not_seen = BTreeSet::new();
+    for (where_, name) in used {
+        if name.contains(':') {
+            if !recorded.contains(&name) {
+                problems.insert(format!(
+                    "{where_}: {name} is recorded by no rule in alerts/"
+                ));
+            }
+        } else if !exported.contains(&name) {
+            match STATE_DEPENDENT.iter().find(|(n, _)| *n == name) {
+                Some((_, why)) if registered_in_source(&name) => {
+                    not_seen.insert(format!("{name} ({why})"));
+                }
+                _ => {
+                    problems.insert(format!("{where_}: {name}"));
+                }
             }
         }
+    }
+    for n in &not_seen {
+        eprintln!("not exposed in this run, registered in the source: {n}");
     }
     assert!(
         problems.is_empty(),
