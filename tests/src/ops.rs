@@ -449,9 +449,15 @@ pub fn scrape_programs(dir: &Path) -> (BTreeSet<String>, String) {
     let sidecar_addr = format!("127.0.0.1:{}", free_port());
     let runner_addr = format!("127.0.0.1:{}", free_port());
     let policy = dir.join("policy.yaml");
+    // Stale-profile roots are the test's own directory: in a PID namespace the sidecar cannot
+    // see browsers outside it, so on a shared /tmp their live directories would look stale.
     std::fs::write(
         &policy,
-        "rules:\n  - name: orphaned-browser-tree\n    when: { orphaned_for: 2s }\n    action: kill-tree\n",
+        format!(
+            "rules:\n  - name: orphaned-browser-tree\n    when: {{ orphaned_for: 2s }}\n    action: kill-tree\n\
+             stale_profiles:\n  roots: [{}]\n  remove: false\n",
+            dir.display()
+        ),
     )
     .expect("write policy");
     let script = format!(
