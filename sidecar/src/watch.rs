@@ -145,6 +145,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let mut watcher_tasks: JoinSet<()> = JoinSet::new();
     let mut reported: HashSet<(String, i32, u64)> = HashSet::new();
     let mut last_stale: Option<Instant> = None;
+    // When an orphaned tree will meet a rule's `orphaned_for`: scan then, not at the next tick.
+    let mut deadline: Option<tokio::time::Instant> = None;
 
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
@@ -158,6 +160,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => scan_now = true,
+            _ = sleep_until_opt(deadline) => {
+                deadline = None;
+                scan_now = true;
+            }
             Some(id) = owner_rx.recv() => {
                 tracing::debug!(pid = id.0, "a tree's owner exited; rescanning now");
                 watchers.remove(&id);
@@ -259,6 +265,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             kills.spawn(p.execute());
         }
 
+        deadline = next_orphan_deadline(&policy, &facts)
+            .map(|d| tokio::time::Instant::now() + d + Duration::from_millis(20));
+
         // Stale profile directories.
         if last_stale.is_none_or(|t| t.elapsed() >= STALE_EVERY) {
             last_stale = Some(Instant::now());
@@ -326,6 +335,38 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     while watcher_tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long until the first orphaned tree or process meets the `orphaned_for` of an acting rule.
+fn next_orphan_deadline(policy: &Policy, facts: &enforce::Facts) -> Option<Duration> {
+    let mut best: Option<Duration> = None;
+    for r in &policy.rules {
+        if r.action == Action::Report {
+            continue;
+        }
+        let Some(need) = r.when.orphaned_for.map(|d| d.0) else {
+            continue;
+        };
+        let orphan_times = facts
+            .trees
+            .iter()
+            .filter_map(|t| t.orphaned_for)
+            .chain(facts.processes.iter().filter_map(|p| p.orphaned_for));
+        for o in orphan_times {
+            if o < need {
+                let left = need - o;
+                best = Some(best.map_or(left, |b| b.min(left)));
+            }
+        }
+    }
+    best
 }
 
 fn subject_id(facts: &enforce::Facts, v: &enforce::Verdict) -> (i32, u64) {
