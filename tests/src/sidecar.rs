@@ -494,6 +494,16 @@ impl Watch {
         sample(&self.metrics(), name, labels)
     }
 
+    /// The audit events (`--log-format json` lines whose target is `leakwarden::audit`).
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.log
+            .all()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "leakwarden::audit")
+            .collect()
+    }
+
     /// Wait until `metric(name, labels)` satisfies `ok`; returns the value.
     pub fn wait_metric(
         &self,
