@@ -76,7 +76,11 @@ fn monitoring_stack_alerts_on_an_abandoned_browser_and_resolves_after_the_kill()
     for t in ["prometheus", "prometheus-alertmanager"] {
         tool(t);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    // A short path: the runner refuses a TMPDIR whose Chromium socket paths would not fit.
+    let dir = tempfile::Builder::new()
+        .prefix("lw")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
     let d = dir.path();
     let addr = || format!("127.0.0.1:{}", free_port());
     let (prom_addr, am_addr, sidecar_addr, runner_addr) = (addr(), addr(), addr(), addr());

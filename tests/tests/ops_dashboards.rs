@@ -270,7 +270,11 @@ fn annotation_names() -> Vec<(String, String)> {
 /// Chromium) next to the sidecar, hence `browser` in the name (the nextest group of heavy tests).
 #[test]
 fn metric_names_in_dashboards_and_alerts_exist_in_a_browser_run_metrics() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // A short path: the runner refuses a TMPDIR whose Chromium socket paths would not fit.
+    let dir = tempfile::Builder::new()
+        .prefix("lw")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
     let (exported, raw) = scrape_programs(dir.path());
     let recorded = recorded_names();
     let mut used: Vec<(String, String)> = Vec::new();
