@@ -321,6 +321,42 @@ fn dry_run_and_cleanup_without_kill_signal_nothing() {
     }
 }
 
+/// Every policy in `dir` is rejected by `policy check` with exit 64 and a message that starts
+/// with `FILE:L:C: `, where its last `# expect-error-at: L:C` line says. Returns how many.
+fn check_invalid_dir(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut wrong = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let at = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect-error-at: "))
+            .next_back()
+            .unwrap_or_else(|| panic!("{}: no `# expect-error-at: L:C` line", path.display()));
+        let mut c = Command::new(bin("leakwarden"));
+        c.args(["policy", "check"]).arg(&path);
+        let out = run(&mut c);
+        assert_eq!(out.status.code(), Some(64), "{}", describe(&c, &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = format!("{}:{}: ", path.display(), at.trim());
+        if !err.starts_with(&want) {
+            wrong.push(format!("want {want:?} first, got: {}", err.trim_end()));
+        }
+        n += 1;
+    }
+    assert!(
+        wrong.is_empty(),
+        "errors located wrongly:\n{}",
+        wrong.join("\n")
+    );
+    n
+}
+
 fn fixtures_dir() -> PathBuf {
     leakwarden_tests::workspace_root().join("tests/fixtures/policies")
 }
@@ -331,28 +367,7 @@ fn fixtures_dir() -> PathBuf {
 #[test]
 fn policy_check_locates_errors_and_accepts_valid_policies() {
     let leakwarden = bin("leakwarden");
-    let mut n_invalid = 0;
-    for e in std::fs::read_dir(fixtures_dir().join("invalid")).unwrap() {
-        let path = e.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let at = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# expect-error-at: "))
-            .next_back()
-            .unwrap_or_else(|| panic!("{}: no `# expect-error-at: L:C` line", path.display()));
-        let mut c = Command::new(&leakwarden);
-        c.args(["policy", "check"]).arg(&path);
-        let out = run(&mut c);
-        assert_eq!(out.status.code(), Some(64), "{}", describe(&c, &out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        let want = format!("{}:{}: ", path.display(), at.trim());
-        assert!(
-            err.starts_with(&want),
-            "want {want:?} first\n{}",
-            describe(&c, &out)
-        );
-        n_invalid += 1;
-    }
+    let n_invalid = check_invalid_dir(&fixtures_dir().join("invalid"));
     assert!(n_invalid >= 3);
     let mut n_valid = 0;
     for e in std::fs::read_dir(fixtures_dir().join("valid")).unwrap() {
@@ -388,6 +403,15 @@ fn policy_check_locates_errors_and_accepts_valid_policies() {
         let out = run(&mut c);
         assert_eq!(out.status.code(), Some(64), "{}", describe(&c, &out));
     }
+}
+
+/// d) Errors found after parsing (an unknown family in a rule, a rule defined twice) are located
+/// at their own place, not at the first text that happens to spell the same name (a comment, a
+/// longer name containing it, the first of two definitions).
+#[test]
+fn policy_check_locates_semantic_errors_at_their_place() {
+    let n = check_invalid_dir(&fixtures_dir().join("invalid-semantic"));
+    assert!(n >= 3);
 }
 
 /// d) A bad reload (the policy file rewritten with a typo, then SIGHUP) is rejected and counted;
