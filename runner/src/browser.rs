@@ -99,6 +99,17 @@ impl Spec {
     }
 }
 
+/// Chromium binds `$TMPDIR/org.chromium.Chromium.XXXXXX/SingletonSocket` (46 more bytes), and
+/// a unix socket path has at most 107. With a longer TMPDIR the browser dies at start
+/// ("Socket path too long"). The run checks its directory against this at start.
+pub const MAX_TMPDIR_LEN: usize = 107 - 46;
+
+/// The longest TMPDIR a browser of this run will get (`<run dir>/b<id>/t`, ids up to 99999 and
+/// the abandoned browsers' `<run dir>.abandoned-<n>/t`).
+pub fn longest_tmpdir(run_dir: &Path) -> usize {
+    run_dir.as_os_str().len() + "/b99999/t".len().max(".abandoned-99999/t".len())
+}
+
 /// Everything a browser needs from the run.
 #[derive(Clone)]
 pub struct Env {
@@ -148,9 +159,10 @@ impl Browser {
         env: &Env,
         mode: Mode,
     ) -> anyhow::Result<Self> {
-        let profile = dir.join("profile");
-        let tmp = dir.join("tmp");
-        let config = dir.join("config");
+        // Short names: Chromium puts unix sockets under TMPDIR (see MAX_TMPDIR_LEN).
+        let profile = dir.join("p");
+        let tmp = dir.join("t");
+        let config = dir.join("c");
         for d in [&profile, &tmp, &config] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }

@@ -82,6 +82,15 @@ pub async fn run(
         )
     })?;
     let run_path = run_dir.path().to_path_buf();
+    let longest = browser::longest_tmpdir(&run_path);
+    if longest > browser::MAX_TMPDIR_LEN {
+        let _ = run_dir.remove();
+        anyhow::bail!(
+            "--run-dir {} is too long: browser temp directories would reach {longest} bytes, and Chromium's unix socket paths allow {} there; use a shorter --run-dir",
+            cfg.run_root.display(),
+            browser::MAX_TMPDIR_LEN
+        );
+    }
     tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
 
     reaper::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;

@@ -139,11 +139,20 @@ async fn steps(
     faults: &[Fault],
     ctx_slot: Arc<Mutex<Option<BrowserContextId>>>,
 ) -> anyhow::Result<()> {
-    let step_timeout = env.job.step_timeout;
-    let ctx = within(step_timeout, "create context", browser.new_context()).await?;
+    let limit = setup_timeout(&env.job);
+    let ctx = within(limit, "create context", browser.new_context()).await?;
     *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
-    let page = within(step_timeout, "new page", browser.new_page(&ctx)).await?;
+    let page = within(limit, "new page", browser.new_page(&ctx)).await?;
     run_steps(&page, Some(browser), env, index, attempt, faults).await
+}
+
+/// Creating a context and its page is the runner's work, not a job step: it gets at least
+/// `MIN_SETUP_TIMEOUT` even when a job's steps are short (the first page of a fresh browser
+/// starts a renderer, slow on a loaded machine).
+const MIN_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn setup_timeout(job: &Job) -> Duration {
+    job.step_timeout.max(MIN_SETUP_TIMEOUT)
 }
 
 async fn run_steps(
@@ -207,7 +216,17 @@ async fn exec(
             page.goto(resolve_url(target, url, &env.site)).await?;
         }
         Step::WaitFor(sel) => {
-            page.evaluate_expression(wait_for_js(sel)).await?;
+            // A navigation (e.g. from the click before) destroys the document the promise runs
+            // in; wait in the new one. The step timeout bounds the loop.
+            loop {
+                match page.evaluate_expression(wait_for_js(sel)).await {
+                    Ok(_) => break,
+                    Err(e) if navigated_away(&e) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         Step::Click(sel) => {
             page.find_element(sel.as_str()).await?.click().await?;
@@ -242,6 +261,14 @@ async fn exec(
         Step::Sleep(d) => tokio::time::sleep(d.0).await,
     }
     Ok(())
+}
+
+/// CDP errors that mean "the document changed under the call", not "the page is broken".
+fn navigated_away(e: &chromiumoxide::error::CdpError) -> bool {
+    let m = e.to_string();
+    m.contains("navigated or closed")
+        || m.contains("Execution context was destroyed")
+        || m.contains("Cannot find context")
 }
 
 async fn write_artifact(

@@ -104,3 +104,4 @@ pub fn chromium() -> Option<PathBuf> {
 }
 pub mod ops;
 pub mod sidecar;
+pub mod runner;
