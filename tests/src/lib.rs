@@ -105,3 +105,4 @@ pub fn chromium() -> Option<PathBuf> {
 pub mod ops;
 pub mod sidecar;
 pub mod runner;
+pub mod incidents;
