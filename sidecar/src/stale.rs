@@ -6,6 +6,11 @@
 //! process; it holds the target of a live profile's `SingletonSocket` link (Chromium's
 //! `org.chromium.Chromium.XXXXXX` singleton directory); or it is a `leakwarden-run-PID-START`
 //! directory of a runner that still runs.
+//!
+//! Processes in other PID namespaces are invisible to the sidecar, so a directory is also in use
+//! when it says so across namespaces: its Chromium `SingletonSocket` (in the directory or one
+//! level down, as in a run directory holding profiles) accepts a connection — a live browser
+//! listens there — or its `.lock` is `flock`ed (the runner holds one for its whole life).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -73,6 +78,9 @@ pub fn find(policy: &Policy, a: &Analysis, with_sizes: bool) -> Vec<StaleDir> {
                     continue;
                 }
             }
+            if in_use_elsewhere(&path) {
+                continue;
+            }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -95,6 +103,41 @@ pub fn find(policy: &Policy, a: &Analysis, with_sizes: bool) -> Vec<StaleDir> {
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
     out
+}
+
+/// A live process outside our view holds it: a listening `SingletonSocket` here or one level down,
+/// or a held `.lock`.
+pub fn in_use_elsewhere(dir: &Path) -> bool {
+    if lock_held(&dir.join(".lock")) || socket_alive(&dir.join("SingletonSocket")) {
+        return true;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().take(1000).any(|e| {
+        e.file_type().is_ok_and(|t| t.is_dir())
+            && (socket_alive(&e.path().join("SingletonSocket"))
+                || lock_held(&e.path().join(".lock")))
+    })
+}
+
+fn lock_held(path: &Path) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    match std::fs::File::open(path) {
+        // Someone holds it exclusively: our non-blocking shared lock fails.
+        Ok(f) => flock(&f, FlockOperation::NonBlockingLockShared).is_err(),
+        Err(_) => false,
+    }
+}
+
+fn socket_alive(path: &Path) -> bool {
+    // Follows the profile's symlink to the socket in the browser's TMPDIR.
+    match std::fs::metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::os::unix::net::UnixStream::connect(path).is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// `leakwarden-run-<pid>-<start ticks>` → the runner's identity.
@@ -132,6 +175,28 @@ fn dir_size(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_singleton_socket_or_a_held_lock_means_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("org.chromium.Chromium.abc");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(!in_use_elsewhere(&dir));
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("SingletonSocket")).unwrap();
+        assert!(in_use_elsewhere(&dir));
+        drop(listener);
+        assert!(
+            !in_use_elsewhere(&dir),
+            "a socket file nobody listens on is stale"
+        );
+        let run = d.path().join("leakwarden-run-1-2");
+        std::fs::create_dir_all(run.join("profile-1")).unwrap();
+        let lock = std::fs::File::create(run.join(".lock")).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        assert!(in_use_elsewhere(&run));
+        drop(lock);
+        assert!(!in_use_elsewhere(&run));
+    }
 
     #[test]
     fn run_dir_names() {

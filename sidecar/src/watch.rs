@@ -90,6 +90,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     for o in ["removed", "failed"] {
         metrics.stale_removed.with_label_values(&[o]);
     }
+    precreate_kill_series(&metrics, &policy);
     let state = Arc::new(http::State::default());
     state.set_metrics(metrics.render());
     let render_now = Arc::new(Notify::new());
@@ -337,6 +338,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Every acting rule's `leakwarden_kills_total` series exist from the start (at 0), so dashboards
+/// and `increase()` see the first kill.
+fn precreate_kill_series(metrics: &Metrics, policy: &Policy) {
+    for r in policy.rules.iter().filter(|r| r.action != Action::Report) {
+        for o in [
+            "killed",
+            "terminated",
+            "skipped",
+            "dry_run",
+            "rate_limited",
+            "failed",
+            "protected",
+        ] {
+            metrics.kills.with_label_values(&[r.name.as_str(), o]);
+        }
+    }
+}
+
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -398,6 +417,7 @@ fn reload(
         Reload::Loaded(p) => {
             *policy = Arc::new(*p);
             enforcer.update(policy);
+            precreate_kill_series(metrics, policy);
             *generation += 1;
             metrics.policy_ok.set(1);
             metrics.reloads.with_label_values(&["success"]).inc();
