@@ -195,6 +195,88 @@ impl Ns {
         v
     }
 
+    /// Parent PID of a namespace PID.
+    pub fn ppid(&self, pid: i32) -> Option<i32> {
+        self.status_field(pid, "PPid").and_then(|s| s.parse().ok())
+    }
+
+    /// Live (not zombie) Chromium and crashpad processes in the namespace, sorted.
+    pub fn chromium_pids(&self) -> Vec<i32> {
+        self.procs()
+            .into_iter()
+            .filter(|p| is_chromium_family(p) && p.state != "Z")
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Start one real headless Chromium (`chrome`, e.g. /usr/bin/chromium) from a launcher shell
+    /// (`sh -c 'chromium … & wait'`, its TMPDIR and HOME the test's directory), and wait until
+    /// it runs with its two crashpad handlers and a renderer.
+    pub fn start_chromium(&self, chrome: &Path, profile: &str) -> RealChromium {
+        let prof = self.path(profile);
+        let script = format!(
+            "{} --headless --no-sandbox --disable-background-networking --disable-component-update \
+             --no-first-run --disable-sync --disable-gpu --disable-dev-shm-usage \
+             --user-data-dir={} about:blank & wait",
+            chrome.display(),
+            prof.display()
+        );
+        let mut c = self.cmd("sh");
+        c.args(["-c", &script])
+            .env("TMPDIR", self.dir.path())
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let before = self.chromium_pids();
+        let launcher = c.spawn().expect("start the launcher");
+        let profile_arg = format!("--user-data-dir={}", prof.display());
+        wait_for(
+            "Chromium with two crashpad handlers and a renderer",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || {
+                let ps: Vec<NsProc> = self
+                    .procs()
+                    .into_iter()
+                    .filter(|p| p.state != "Z" && !before.contains(&p.pid))
+                    .collect();
+                let crashpad = ps
+                    .iter()
+                    .filter(|p| p.comm.starts_with("chrome_crashpad"))
+                    .count();
+                let renderer = ps.iter().any(|p| {
+                    p.comm == "chromium"
+                        && p.cmdline.contains("--type=renderer")
+                        && p.cmdline.contains(&profile_arg)
+                });
+                (crashpad >= 2 && renderer).then_some(())
+            },
+        );
+        let sh = self
+            .procs()
+            .into_iter()
+            .find(|p| p.comm == "sh" && p.cmdline.contains(&prof.display().to_string()))
+            .expect("the launcher shell")
+            .pid;
+        let browser = self
+            .procs()
+            .into_iter()
+            .find(|p| {
+                p.comm == "chromium"
+                    && !p.cmdline.contains("--type=")
+                    && self.ppid(p.pid) == Some(sh)
+            })
+            .expect("the browser process")
+            .pid;
+        RealChromium {
+            launcher,
+            sh,
+            browser,
+            profile: prof,
+        }
+    }
+
     /// Open FDs of a namespace PID, counted by listing /proc/PID/fd.
     pub fn fd_count(&self, pid: i32) -> usize {
         std::fs::read_dir(self.proc().join(pid.to_string()).join("fd"))
@@ -421,6 +503,36 @@ impl Drop for Ns {
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
     }
+}
+
+/// A real headless Chromium started by a launcher shell (`sh -c 'chromium … & wait'`) inside a
+/// namespace; see [`Ns::start_chromium`].
+pub struct RealChromium {
+    pub launcher: Child,
+    /// The launcher shell's namespace PID.
+    pub sh: i32,
+    /// The browser process's namespace PID.
+    pub browser: i32,
+    pub profile: PathBuf,
+}
+
+impl RealChromium {
+    /// SIGKILL the launcher and wait until the browser is reparented to PID 1.
+    pub fn orphan(&mut self, ns: &Ns) {
+        ns.kill(self.sh, libc::SIGKILL);
+        let _ = self.launcher.wait();
+        wait_for(
+            "the browser to be reparented to PID 1",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || (ns.ppid(self.browser) == Some(1)).then_some(()),
+        );
+    }
+}
+
+/// A Chromium or crashpad process (by comm).
+pub fn is_chromium_family(p: &NsProc) -> bool {
+    p.comm == "chromium" || p.comm.starts_with("chrome_crashpad")
 }
 
 /// A process in the namespace.
@@ -705,6 +817,26 @@ pub fn stale_roots(dir: &Path) -> String {
 /// A fake-browser family: comm `chromium` exactly (the fixture symlink), trees by profile.
 pub const FAKE_CHROMIUM_FAMILY: &str =
     "  - name: chromium\n    kind: browser\n    match:\n      - comm: '^chromium$'\n";
+
+/// The built-in default policy with its kill rule's `orphaned_for` set to `orphaned_for` (a
+/// one-shot `cleanup` judges it from the start time), scoped to the test's directory for stale
+/// profiles.
+pub fn default_policy_for_test(ns: &Ns, orphaned_for: &str) -> PathBuf {
+    let mut c = Command::new(bin("leakwarden"));
+    c.args(["policy", "default"]);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{}", describe(&c, &out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("orphaned_for: 30s"),
+        "default policy changed:\n{text}"
+    );
+    let text = text.replace(
+        "orphaned_for: 30s",
+        &format!("orphaned_for: {orphaned_for}"),
+    ) + "\n";
+    ns.write("default-policy.yaml", &(text + &stale_roots(ns.dir.path())))
+}
 
 /// The JSON array `v[key]` (empty when missing).
 pub fn arr<'a>(v: &'a serde_json::Value, key: &str) -> &'a [serde_json::Value] {

@@ -516,3 +516,134 @@ fn sidecar_as_pid1_reaps_zombies_of_a_killed_non_reaping_parent() {
     );
     assert!(ns.alive(1), "the sidecar (PID 1) died");
 }
+
+/// `cleanup --kill` kills a tree that is orphaned when it runs, whole, and never one whose
+/// launcher is alive (exit 3: acted).
+#[test]
+fn cleanup_kill_ends_the_orphaned_tree_never_an_owned_one() {
+    if skip_without_unshare() {
+        return;
+    }
+    let ns = Ns::new();
+    let rules = KILL_ORPHANS.replace("orphaned_for: 2s", "orphaned_for: 1s");
+    let pol = policy(&ns, FAKE_CHROMIUM_FAMILY, &rules, "");
+    let victim = ns.fake_tree("prof-victim");
+    let owned = ns.fake_tree("prof-owned");
+    ns.kill(victim.launcher_pid, libc::SIGKILL);
+    // One-shot: "orphaned for" counts from the start time; wait until 1 s is met.
+    let (code, out, err) = wait_for(
+        "cleanup --kill to act",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let r = ns.cleanup(&pol, &["--kill"]);
+            (r.0 != 0).then_some(r)
+        },
+    );
+    assert_eq!(code, 3, "cleanup --kill acted: exit 3\n{out}\n{err}");
+    assert!(out.contains("kill-orphans"), "{out}");
+    wait_for(
+        "every process of the orphaned tree to end",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || victim.tree.iter().all(|&p| !ns.alive(p)).then_some(()),
+    );
+    for &p in owned.tree.iter().chain([&owned.launcher_pid]) {
+        assert!(ns.alive(p), "pid {p} of the owned tree was killed\n{out}");
+    }
+    // Nothing left to do: the owned tree is not a finding.
+    let (code, out, err) = ns.cleanup(&pol, &["--kill"]);
+    assert_eq!(code, 0, "nothing left: exit 0\n{out}\n{err}");
+}
+
+/// Real Chromium: `watch` with the default policy (its `orphaned_for` lowered to 2 s) kills an
+/// orphaned browser whole — renderers, GPU and utility processes and the two crashpad handlers,
+/// which `setsid()` and escape any process-group kill — and no other process.
+#[test]
+fn real_chromium_orphan_is_killed_whole_by_watch_with_crashpad() {
+    if skip_without_unshare() {
+        return;
+    }
+    let Some(chrome) = leakwarden_tests::chromium() else {
+        eprintln!("SKIP: chromium not installed");
+        return;
+    };
+    let ns = Ns::new();
+    let pol = default_policy_for_test(&ns, "2s");
+    let w = ns.watch(&["--policy", pol.to_str().unwrap(), "--interval", "1s"]);
+    let mut keep = ns.start_chromium(&chrome, "prof-keep");
+    let keep_first = ns.chromium_pids();
+    let mut victim = ns.start_chromium(&chrome, "prof-victim");
+    // The kept browser may start more renderers meanwhile: they carry its profile.
+    let keep_arg = format!("--user-data-dir={}", keep.profile.display());
+    let (keep_pids, victim_pids): (Vec<NsProc>, Vec<NsProc>) = ns
+        .procs()
+        .into_iter()
+        .filter(|p| is_chromium_family(p) && p.state != "Z")
+        .partition(|p| keep_first.contains(&p.pid) || p.cmdline.contains(&keep_arg));
+    let keep_pids: Vec<i32> = keep_pids.iter().map(|p| p.pid).collect();
+    let victim_pids: Vec<i32> = victim_pids.iter().map(|p| p.pid).collect();
+    let t0 = Instant::now();
+    victim.orphan(&ns);
+    let deadline = Duration::from_secs(2) + Duration::from_secs(2) + Duration::from_secs(6);
+    while !victim_pids.iter().all(|&p| !ns.alive(p)) {
+        if t0.elapsed() > deadline {
+            let left: Vec<NsProc> = ns
+                .procs()
+                .into_iter()
+                .filter(|p| victim_pids.contains(&p.pid) && ns.alive(p.pid))
+                .collect();
+            let scan = ns.scan(&pol);
+            panic!(
+                "after {deadline:?}, still alive: {left:#?}\nscan:\n{scan:#}\nmetrics:\n{}\nlog:\n{}",
+                w.metrics()
+                    .lines()
+                    .filter(|l| l.contains("kills_total") || l.contains("orphan"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                w.log.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "orphaned Chromium ({} processes) ended {:?} after its launcher died",
+        victim_pids.len(),
+        t0.elapsed()
+    );
+    for &p in &keep_pids {
+        assert!(ns.alive(p), "pid {p} of the owned Chromium was killed");
+    }
+    assert!(ns.alive(keep.sh));
+    // What is left is exactly the kept browser: its profile's processes and its two handlers.
+    let left: Vec<NsProc> = ns
+        .procs()
+        .into_iter()
+        .filter(|p| is_chromium_family(p) && p.state != "Z")
+        .collect();
+    for p in &left {
+        assert!(
+            keep_first.contains(&p.pid) || p.cmdline.contains(&keep_arg),
+            "left alive but not the kept browser's: {p:#?}"
+        );
+    }
+    let handlers = left
+        .iter()
+        .filter(|p| p.comm.starts_with("chrome_crashpad"))
+        .count();
+    assert_eq!(
+        handlers, 2,
+        "the kept browser's two crashpad handlers: {left:#?}"
+    );
+    w.wait_metric(
+        "leakwarden_kills_total",
+        &[("rule", "orphaned-browser-tree")],
+        Duration::from_secs(10),
+        |v| v >= victim_pids.len() as f64,
+    );
+    let ended = counter(&w, "orphaned-browser-tree", "terminated")
+        + counter(&w, "orphaned-browser-tree", "killed");
+    assert!(ended >= 1.0, "{}", w.metrics());
+    assert_eq!(counter(&w, "orphaned-browser-tree", "failed"), 0.0);
+    let _ = keep.launcher.kill();
+}

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use leakwarden_tests::sidecar::*;
-use leakwarden_tests::{chromium, describe, run, wait_for};
+use leakwarden_tests::{chromium, describe, wait_for};
 
 fn policy(ns: &Ns, families: &str, rules: &str, extra: &str) -> std::path::PathBuf {
     let text = format!(
@@ -350,22 +350,6 @@ fn fd_and_thread_counts_are_exact() {
     );
 }
 
-/// The built-in default policy, its kill rule's `orphaned_for` lowered to 1 s (a one-shot
-/// `cleanup` judges it from the start time), scoped to the test's directory for stale profiles.
-fn default_policy_for_test(ns: &Ns) -> std::path::PathBuf {
-    let mut c = Command::new(leakwarden_tests::bin("leakwarden"));
-    c.args(["policy", "default"]);
-    let out = run(&mut c);
-    assert!(out.status.success(), "{}", describe(&c, &out));
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.contains("orphaned_for: 30s"),
-        "default policy changed:\n{text}"
-    );
-    let text = text.replace("orphaned_for: 30s", "orphaned_for: 1s") + "\n";
-    ns.write("default-policy.yaml", &(text + &stale_roots(ns.dir.path())))
-}
-
 /// f) One real headless Chromium whose launcher is SIGKILLed: exactly one tree, orphaned, its
 /// crashpad handlers in it and nothing else; then `cleanup --kill` with the default policy ends
 /// every process of it.
@@ -379,74 +363,27 @@ fn real_chromium_orphaned_is_one_tree_and_cleanup_kills_it() {
         return;
     };
     let ns = Ns::new();
-    let prof = ns.path("prof");
-    let script = format!(
-        "{} --headless --no-sandbox --disable-background-networking --disable-component-update \
-         --no-first-run --disable-sync --disable-gpu --disable-dev-shm-usage \
-         --user-data-dir={} about:blank & wait",
-        chrome.display(),
-        prof.display()
-    );
-    let mut launcher = ns.cmd("sh");
-    launcher
-        .args(["-c", &script])
-        .env("TMPDIR", ns.dir.path())
-        .env("HOME", ns.dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut launcher = launcher.spawn().expect("start the launcher");
-    let is_browser_family =
-        |p: &NsProc| p.comm == "chromium" || p.comm.starts_with("chrome_crashpad");
-    wait_for(
-        "Chromium with two crashpad handlers and a renderer",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let ps = ns.procs();
-            let crashpad = ps
-                .iter()
-                .filter(|p| p.comm.starts_with("chrome_crashpad") && p.state != "Z")
-                .count();
-            let renderer = ps
-                .iter()
-                .any(|p| p.comm == "chromium" && p.cmdline.contains("--type=renderer"));
-            (crashpad >= 2 && renderer).then_some(())
-        },
-    );
-    let sh = ns
-        .procs()
-        .into_iter()
-        .find(|p| p.comm == "sh" && p.cmdline.contains(&prof.display().to_string()))
-        .expect("the launcher shell");
-    let browser = ns
-        .procs()
-        .into_iter()
-        .find(|p| {
-            p.comm == "chromium"
-                && !p.cmdline.contains("--type=")
-                && ppid(&ns, p.pid) == Some(sh.pid)
-        })
-        .expect("the browser process");
-    ns.kill(sh.pid, libc::SIGKILL);
-    let _ = launcher.wait();
-    wait_for(
-        "the browser to be reparented to PID 1",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || (ppid(&ns, browser.pid) == Some(1)).then_some(()),
-    );
+    let pol = default_policy_for_test(&ns, "1s");
+    let mut chrome = ns.start_chromium(&chrome, "prof");
+    let prof = chrome.profile.clone();
+
+    // While its launcher lives: one tree, crashpad handlers in it, nothing orphaned.
+    let scan = ns.scan(&pol);
+    let trees = arr(&scan, "trees");
+    assert_eq!(trees.len(), 1, "exactly one tree expected:\n{scan:#}");
+    assert_eq!(trees[0]["orphaned"], false, "{scan:#}");
+    assert_eq!(trees[0]["owner"]["pid"], chrome.sh, "{scan:#}");
+    assert!(arr(&scan, "orphans").is_empty(), "{scan:#}");
+    let crashpad = family(&scan, "crashpad").expect("crashpad family");
+    assert_eq!(crashpad["orphans"], 0, "{crashpad:#}");
+    assert_eq!(crashpad["processes"], 2, "{crashpad:#}");
+
+    chrome.orphan(&ns);
     // Let the tree settle (helpers started lazily) before comparing with /proc.
     std::thread::sleep(Duration::from_millis(500));
 
-    let pol = default_policy_for_test(&ns);
     let scan = ns.scan(&pol);
-    let expected: Vec<i32> = ns
-        .procs()
-        .into_iter()
-        .filter(|p| is_browser_family(p) && p.state != "Z")
-        .map(|p| p.pid)
-        .collect();
+    let expected = ns.chromium_pids();
     let trees = arr(&scan, "trees");
     assert_eq!(trees.len(), 1, "exactly one tree expected:\n{scan:#}");
     let t = &trees[0];
@@ -482,14 +419,7 @@ fn real_chromium_orphaned_is_one_tree_and_cleanup_kills_it() {
         "every chromium and crashpad process to end",
         Duration::from_secs(15),
         Duration::from_millis(50),
-        || {
-            let left: Vec<NsProc> = ns
-                .procs()
-                .into_iter()
-                .filter(|p| is_browser_family(p) && p.state != "Z")
-                .collect();
-            left.is_empty().then_some(())
-        },
+        || ns.chromium_pids().is_empty().then_some(()),
     );
     eprintln!("cleanup --kill ended the tree in {:?}", start.elapsed());
 }
