@@ -99,8 +99,9 @@ cat "$OUT/machine.txt"
 # run_cell NAME TOOL MODE SESSIONS CONCURRENCY
 run_cell() {
   local name=$1 tool=$2 mode=$3 n=$4 c=$5
-  local dir="$OUT/cells/$name" cg="" cgfile=""
+  local dir="$OUT/cells/$name" cg="" cgfile="" tmp
   mkdir -p "$dir"
+  tmp=$(mktemp -d /tmp/lwbXXXXXX)
   if [ -n "$CG_BASE" ]; then
     cg="$CG_BASE/lwbench-$$-$name"
     mkdir -p "$cg"
@@ -114,7 +115,7 @@ run_cell() {
     [ -n "$cg" ] && echo $$ > "$cg/cgroup.procs"
     exec unshare --pid --fork --mount-proc --kill-child "$@"' sh "$cg" \
     "$PYTHON" "$HERE/cell.py" --tool "$tool" --mode "$mode" --sessions "$n" --concurrency "$c" \
-    --cell-dir "$dir" --site "$HERE/site" --port "$PORT" --peers "$PEERS" --runner "$RUNNER" \
+    --cell-dir "$dir" --tmp "$tmp" --site "$HERE/site" --port "$PORT" --peers "$PEERS" --runner "$RUNNER" \
     --job "$HERE/job.yaml" --chromium "$CHROMIUM" ${cgfile:+--cpuacct "$cgfile"} \
     > "$dir/cell.out" 2> "$dir/cell.err"
   local rc=$?
@@ -122,7 +123,7 @@ run_cell() {
   [ $rc = 0 ] || echo "   cell exited $rc (see $dir/cell.err)"
   tail -n1 "$dir/cell.out" | cut -c1-220
   # Whatever the cell's TMPDIR still holds was counted; remove it now (it is the cell's own).
-  rm -rf "$dir/tmp" "$dir/out"
+  rm -rf "$tmp" "$dir/out"
   [ -z "$cg" ] || rmdir "$cg" 2>/dev/null || true
 }
 

@@ -98,12 +98,14 @@ fn browser_bench_job_five_sessions_leave_nothing() {
         return;
     };
     let addr = serve_site();
+    // Short paths: Chromium's unix sockets live under the run directory (the runner refuses a
+    // run directory whose browser temp paths could exceed the socket path limit).
     let dir = tempfile::Builder::new()
-        .prefix("lwb-")
+        .prefix("lwb")
         .tempdir_in("/tmp")
         .expect("tempdir");
     let d = dir.path();
-    let (run, tmp, out) = (d.join("run"), d.join("tmp"), d.join("out"));
+    let (run, tmp, out) = (d.join("r"), d.join("t"), d.join("o"));
     for p in [&run, &tmp, &out] {
         std::fs::create_dir(p).expect("mkdir");
     }

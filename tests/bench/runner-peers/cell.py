@@ -15,7 +15,7 @@ writes result.json:
               are in flight), then count what is left 3 s later; for leakwarden-runner also after
               its next start in the same directory (which removes dead runs' directories).
 
-usage: cell.py --tool T --sessions N --concurrency C --mode clean|kill --cell-dir D
+usage: cell.py --tool T --sessions N --concurrency C --mode clean|kill --cell-dir D --tmp T
                --site DIR --port P --peers DIR --runner BIN --job YAML --chromium PATH
                [--cpuacct FILE]
 """
@@ -182,7 +182,7 @@ def tool_command(a, base, out, job, summary):
         return [
             a.runner, "run", job, "--sessions", n, "--concurrency", c,
             "--summary-json", summary, "--chromium", a.chromium,
-            "--run-dir", os.path.join(a.cell_dir, "tmp"), "--artifacts", out,
+            "--run-dir", a.tmp, "--artifacts", out,
         ]
     if a.tool == "playwright":
         return [os.path.join(a.peers, "venv/bin/python"), os.path.join(HERE, "playwright_peer.py"),
@@ -233,11 +233,14 @@ def main():
     ap.add_argument("--concurrency", type=int, required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--cpuacct", default="")
+    ap.add_argument("--tmp", required=True, help="the cell's TMPDIR (short: /tmp/lwbXXXXXX)")
     a = ap.parse_args()
-    for k in ("cell_dir", "site", "peers", "runner", "job"):
+    for k in ("cell_dir", "site", "peers", "runner", "job", "tmp"):
         setattr(a, k, os.path.abspath(getattr(a, k)))
 
-    tmp = os.path.join(a.cell_dir, "tmp")
+    # TMPDIR of the tool (and the runner's --run-dir): short, because Chromium puts unix sockets
+    # under it and the runner refuses a directory whose socket paths could be too long.
+    tmp = a.tmp
     out = os.path.join(a.cell_dir, "out")
     os.makedirs(tmp, exist_ok=True)
     os.makedirs(out, exist_ok=True)
