@@ -275,6 +275,11 @@ impl Scanner {
         let age = Duration::from_secs_f64(age_s);
         let key = (pid, st.start_ticks);
         let scan_no = self.scan_no;
+        // A zombie keeps pid, start time and comm but is no longer a member of anything: it
+        // holds no memory, cannot be signalled, and only its parent can make it go.
+        if st.state == 'Z' {
+            self.cache.remove(&key);
+        }
         let cached = match self.cache.get_mut(&key) {
             Some(c) if c.comm == st.comm => {
                 c.seen = scan_no;

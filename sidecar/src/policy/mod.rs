@@ -104,8 +104,8 @@ fn builtin_families() -> Vec<Family> {
 /// Semantic checks serde cannot do. Errors are located by finding the offending text in the
 /// file (the first line after `after` that contains `needle`).
 fn validate(policy: &Policy, text: &str, path: &Path) -> Result<(), PolicyError> {
-    let err = |needle: &str, message: String| -> PolicyError {
-        match locate(text, needle) {
+    let err_nth = |needle: &str, nth: usize, message: String| -> PolicyError {
+        match locate(text, needle, nth) {
             Some((line, column)) => PolicyError::Invalid {
                 path: path.to_path_buf(),
                 line,
@@ -118,6 +118,7 @@ fn validate(policy: &Policy, text: &str, path: &Path) -> Result<(), PolicyError>
             },
         }
     };
+    let err = |needle: &str, message: String| -> PolicyError { err_nth(needle, 0, message) };
     let label_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 64
@@ -178,7 +179,11 @@ fn validate(policy: &Policy, text: &str, path: &Path) -> Result<(), PolicyError>
             ));
         }
         if !rules.insert(r.name.as_str()) {
-            return Err(err(&r.name, format!("rule {:?} is defined twice", r.name)));
+            return Err(err_nth(
+                &r.name,
+                1,
+                format!("rule {:?} is defined twice", r.name),
+            ));
         }
         for fam in &r.family {
             if !families.contains(fam.as_str()) {
@@ -233,15 +238,48 @@ fn validate(policy: &Policy, text: &str, path: &Path) -> Result<(), PolicyError>
     Ok(())
 }
 
-/// 1-based line and column of the first occurrence of `needle` in `text`.
-fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+/// 1-based line and column of the `nth` (0-based) occurrence of `needle` as a whole token
+/// (not part of a longer name) outside comments.
+fn locate(text: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
     if needle.is_empty() {
         return None;
     }
-    text.lines().enumerate().find_map(|(i, line)| {
-        line.find(needle)
-            .map(|col| (i + 1, line[..col].chars().count() + 1))
-    })
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    let mut seen = 0;
+    for (i, line) in text.lines().enumerate() {
+        let code = strip_comment(line);
+        let mut from = 0;
+        while let Some(off) = code.get(from..).and_then(|rest| rest.find(needle)) {
+            let at = from + off;
+            let end = at + needle.len();
+            let before_ok = code[..at].chars().next_back().is_none_or(|c| !word(c));
+            let after_ok = code[end..].chars().next().is_none_or(|c| !word(c));
+            if before_ok && after_ok {
+                if seen == nth {
+                    return Some((i + 1, code[..at].chars().count() + 1));
+                }
+                seen += 1;
+            }
+            from = end;
+        }
+    }
+    None
+}
+
+/// A YAML line without its comment (a `#` at the start or after whitespace, outside quotes).
+fn strip_comment(line: &str) -> &str {
+    let (mut single, mut double) = (false, false);
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '#' if !single && !double && prev.is_whitespace() => return &line[..i],
+            _ => {}
+        }
+        prev = c;
+    }
+    line
 }
 
 impl Policy {
