@@ -20,7 +20,8 @@ LW=$BIN/leakwarden
 RUNNER=$BIN/leakwarden-runner
 FIXTURE=$BIN/lw-fixture
 INCIDENT=${INCIDENT:-incident}
-W=$(mktemp -d "/tmp/lw-incident-$INCIDENT-XXXXXX")
+# Short: the runner refuses a run directory whose browser socket paths would exceed unix limits.
+W=$(mktemp -d "/tmp/lwi-XXXXXX")
 chmod 755 "$W"
 mkdir -p "$W/bin" "$W/home"
 OUT=${LW_INCIDENT_OUT:-$W/out}
@@ -75,18 +76,24 @@ teardown() {
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-# wait_until DESC TIMEOUT_S CMD… — poll CMD every 200 ms until it succeeds.
-wait_until() {
-  local desc=$1 timeout=$2
-  shift 2
+# try_until TIMEOUT_S CMD… — poll CMD every 200 ms until it succeeds (0) or the time is up (1).
+try_until() {
+  local timeout=$1
+  shift
   local end
   end=$(awk -v t="$(now)" -v d="$timeout" 'BEGIN{printf "%.3f", t+d}')
   until "$@"; do
     if awk -v t="$(now)" -v e="$end" 'BEGIN{exit !(t>e)}'; then
-      die "timed out after ${timeout}s waiting for: $desc"
+      return 1
     fi
     sleep 0.2
   done
+}
+# wait_until DESC TIMEOUT_S CMD… — the same, and the replay fails when the time is up.
+wait_until() {
+  local desc=$1
+  shift
+  try_until "$@" || die "timed out after ${1}s waiting for: $desc"
 }
 
 # ns_start POLICY [WATCH ARGS…] — the namespace, with `leakwarden watch` as its PID 1.

@@ -350,3 +350,173 @@ fn incident_task_leak() {
         r.between("fault", "terminated_threads")
     );
 }
+
+/// Incident 1: a bot (the runner with the `abandon` fault) that leaves a browser running on every
+/// error, run twice; the sidecar counts, the max-age rule and `cleanup --kill` end them.
+#[test]
+fn incident_leaky_bot() {
+    if let Some(why) = cannot_run(&["/usr/bin/chromium"]) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let r = replay("leaky-bot");
+
+    // While the bot ran: more browser trees than it held browsers.
+    let mm = r.file("mismatch.txt");
+    let nums: Vec<f64> = mm
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=')?.1.parse().ok())
+        .collect();
+    assert!(nums.len() == 2 && nums[0] > nums[1], "{mm}");
+    if r.has("metrics-runner-1.txt") {
+        assert!(
+            r.metric(
+                "metrics-runner-1.txt",
+                "leakwarden_runner_faults_injected_total",
+                &[("fault", "abandon")]
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        );
+    }
+    if r.has("alert-LeakwardenBrowsersWithoutSession.json") {
+        assert!(!r.alerts("LeakwardenBrowsersWithoutSession").is_empty());
+    }
+    // After each run: its abandoned trees orphaned, and the count rising.
+    let o1: f64 = r.file("orphans-after-run-1").trim().parse().unwrap();
+    let o2: f64 = r.file("orphans-after-run-2").trim().parse().unwrap();
+    assert!(o1 >= 2.0 && o2 > o1, "orphaned trees {o1} → {o2}");
+    let scan = r.json("scan-detect.json");
+    let trees = arr(&scan, "trees");
+    assert_eq!(trees.len() as f64, o2, "{scan:#}");
+    for t in trees {
+        assert_eq!(t["orphaned"], true, "{t:#}");
+        let p = t["profile_dir"].as_str().unwrap_or("");
+        assert!(
+            p.contains(".abandoned-"),
+            "an abandoned session's profile: {p}"
+        );
+        assert_eq!(
+            arr(t, "members")
+                .iter()
+                .filter(|m| m["family"] == "crashpad")
+                .count(),
+            2,
+            "{t:#}"
+        );
+    }
+    // The max-age rule killed the oldest; cleanup --kill killed the rest (dry run first).
+    let after = "metrics-after.txt";
+    assert!(
+        r.metric(
+            after,
+            "leakwarden_kills_total",
+            &[("rule", "max-browser-age"), ("outcome", "terminated")]
+        )
+        .unwrap_or(0.0)
+            + r.metric(
+                after,
+                "leakwarden_kills_total",
+                &[("rule", "max-browser-age"), ("outcome", "killed")]
+            )
+            .unwrap_or(0.0)
+            >= 4.0
+    );
+    assert_eq!(r.cleanup_code("dry"), 2, "{}", r.file("cleanup-dry.out"));
+    assert_eq!(r.cleanup_code("kill"), 3, "{}", r.file("cleanup-kill.out"));
+    let c = r.cleanup_json("kill");
+    assert!(
+        arr(&c, "items").iter().any(|i| i["action"] == "kill-tree"
+            && i["result"].as_str().unwrap_or("").starts_with("killed")),
+        "{c:#}"
+    );
+    assert_eq!(
+        r.cleanup_code("after"),
+        0,
+        "{}",
+        r.file("cleanup-after.out")
+    );
+    assert_eq!(r.metric(after, "leakwarden_orphan_trees", &[]), Some(0.0));
+    // Host memory back to its baseline (within 512 MiB: the machine is shared).
+    let base: f64 = r.file("mem-baseline").trim().parse().unwrap();
+    let back: f64 = r.file("mem-after").trim().parse().unwrap();
+    assert!(
+        back >= base - 512.0 * 1048576.0,
+        "MemAvailable {back} vs baseline {base}"
+    );
+    r.assert_nothing_left(&[]);
+    eprintln!(
+        "leaky-bot: bot start→mismatch {:.1}s, →orphans counted {:.1}s, →max-age kill {:.1}s, →all killed {:.1}s",
+        r.between("fault", "detected_mismatch"),
+        r.between("fault", "detected"),
+        r.between("fault", "age_kill"),
+        r.between("fault", "killed")
+    );
+}
+
+/// Incident 2: 64 concurrent sessions on 2 cores, a target and launches that fail mid-run.
+#[test]
+fn incident_concurrency_crash() {
+    if let Some(why) = cannot_run(&["/usr/lib/chromium/chromium", "python3"]) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let r = replay("concurrency-crash");
+    let s = r.json("summary.json");
+    // The runner stayed up and finished its job; every session has a counted outcome.
+    let sess = &s["sessions"];
+    let total: u64 = ["ok", "failed", "timeout", "cancelled"]
+        .iter()
+        .filter_map(|k| sess[k].as_u64())
+        .sum::<u64>()
+        + s["not_started"].as_u64().unwrap_or(0);
+    assert_eq!(total, s["sessions_planned"].as_u64().unwrap(), "{s:#}");
+    assert!(sess["ok"].as_u64().unwrap() >= 4, "{s:#}");
+    assert!(
+        sess["failed"].as_u64().unwrap() + sess["timeout"].as_u64().unwrap() >= 1,
+        "failures counted: {s:#}"
+    );
+    assert_eq!(s["cleanup"]["leaks"], 0, "{s:#}");
+    let log = r.file("runner.log").to_lowercase();
+    assert!(!log.contains("too many open files") && !log.contains("emfile"));
+    // Bounded: memory admission refused launches; the runner's FDs and tasks stayed bounded.
+    let m = "metrics-runner-fault.txt";
+    assert!(
+        r.metric(
+            m,
+            "leakwarden_runner_admission_rejections_total",
+            &[("reason", "memory")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    let maxima: std::collections::BTreeMap<String, f64> = r
+        .file("maxima.env")
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    let fds = maxima.get("process_open_fds").copied().unwrap_or(0.0);
+    assert!(fds > 0.0 && fds < 512.0, "runner FDs bounded: {maxima:?}");
+    let tasks = maxima
+        .get("leakwarden_runner_tasks_alive")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        tasks > 0.0 && tasks < 400.0,
+        "runner tasks bounded: {maxima:?}"
+    );
+    // Nothing left for the sidecar to find.
+    assert_eq!(r.file("browsers-after").trim(), "0");
+    assert_eq!(
+        r.metric("metrics-after.txt", "leakwarden_orphan_trees", &[]),
+        Some(0.0)
+    );
+    r.assert_nothing_left(&[]);
+    eprintln!(
+        "concurrency-crash: fault→failures counted {:.1}s; maxima {maxima:?}",
+        r.between("fault", "detected")
+    );
+}
