@@ -200,7 +200,7 @@ metric_cmp() {
   [[ -n $got ]] && awk -v a="$got" -v b="$v" "BEGIN{exit !(a $op b)}"
 }
 # show_metrics REGEX — the sidecar's metric lines matching REGEX (what a person would grep).
-show_metrics() { metrics "${2:-$SIDECAR}" | grep -E "$1" | grep -v '^#' | sed 's/^/  /'; }
+show_metrics() { { metrics "${2:-$SIDECAR}" | grep -E "$1" | grep -v '^#' | sed 's/^/  /'; } || true; }
 save_metrics() { metrics "${2:-$SIDECAR}" >"$OUT/$1"; }
 
 scan_json() { nsrun "$LW" scan --policy "$1" --format json; }

@@ -100,6 +100,9 @@ _failing() {
   sample
   local f t
   f=$(RM leakwarden_runner_sessions_total 'outcome="failed"') t=$(RM leakwarden_runner_sessions_total 'outcome="timeout"')
+  if ! ns_alive "$RUNNER_PID" && [[ -s $OUT/summary.json ]]; then
+    f=$(jq '.sessions.failed' "$OUT/summary.json") t=$(jq '.sessions.timeout' "$OUT/summary.json")
+  fi
   [[ $((${f:-0} + ${t:-0})) -ge 1 ]]
 }
 wait_until "failed or timed-out sessions counted" 70 _failing
@@ -112,9 +115,9 @@ if try_until 40 _open; then
 else
   say "circuit did not open within 40s (launch failures: $(RM leakwarden_runner_launch_failures_total))"
 fi
-save_metrics metrics-runner-fault.txt "127.0.0.1:$RPORT"
+cp "$OUT/metrics-runner-last.txt" "$OUT/metrics-runner-fault.txt"
 echo "\$ curl -s 127.0.0.1:$RPORT/metrics | grep -E 'sessions_total|circuit|launch_failures|admission|active_browsers|tasks_alive|open_fds'"
-show_metrics '^(leakwarden_runner_(sessions_total|circuit_state|launch_failures_total|admission_rejections_total|active_browsers|tasks_alive)|process_open_fds)' "127.0.0.1:$RPORT"
+grep -E '^(leakwarden_runner_(sessions_total|circuit_state|launch_failures_total|admission_rejections_total|active_browsers|tasks_alive)|process_open_fds)' "$OUT/metrics-runner-fault.txt" | sed 's/^/  /' || true
 
 banner "recovery: the target answers again, launches succeed"
 rm -f "$W/bin/target-down" "$W/bin/launch-down"
