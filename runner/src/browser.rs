@@ -104,10 +104,15 @@ impl Spec {
 /// ("Socket path too long"). The run checks its directory against this at start.
 pub const MAX_TMPDIR_LEN: usize = 107 - 46;
 
-/// The longest TMPDIR a browser of this run will get (`<run dir>/b<id>/t`, ids up to 99999 and
-/// the abandoned browsers' `<run dir>.abandoned-<n>/t`).
-pub fn longest_tmpdir(run_dir: &Path) -> usize {
-    run_dir.as_os_str().len() + "/b99999/t".len().max(".abandoned-99999/t".len())
+/// The longest TMPDIR a browser of this run will get: `<run dir>/b<id>/t` with ids up to 99999,
+/// and with the `abandon` fault `<run dir>.abandoned-<n>/t`.
+pub fn longest_tmpdir(run_dir: &Path, abandon: bool) -> usize {
+    let suffix = if abandon {
+        ".abandoned-99999/t".len()
+    } else {
+        "/b99999/t".len()
+    };
+    run_dir.as_os_str().len() + suffix
 }
 
 /// Everything a browser needs from the run.

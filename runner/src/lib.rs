@@ -82,7 +82,12 @@ pub async fn run(
         )
     })?;
     let run_path = run_dir.path().to_path_buf();
-    let longest = browser::longest_tmpdir(&run_path);
+    let abandon = cfg
+        .job
+        .faults
+        .iter()
+        .any(|f| f.fault == faults::Fault::Abandon);
+    let longest = browser::longest_tmpdir(&run_path, abandon);
     if longest > browser::MAX_TMPDIR_LEN {
         let _ = run_dir.remove();
         anyhow::bail!(
