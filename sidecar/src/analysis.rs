@@ -323,6 +323,7 @@ impl Tracker {
             min_relative_slope_per_hour: policy.leak.min_relative_slope_per_hour,
         };
         let scan_no = self.scans;
+        let host_threads: u64 = s.procs.iter().map(|p| p.threads).sum();
         let mut views = Vec::with_capacity(trees.len());
         let mut owners = Vec::new();
         for tree in trees {
@@ -378,7 +379,12 @@ impl Tracker {
                 [
                     mem_limit,
                     fd_limit.map(|l| (l as f64, "RLIMIT_NOFILE")),
-                    None,
+                    thread_limit(
+                        root_info.as_deref().and_then(|i| i.cgroup.as_deref()),
+                        &self.cgroup_root,
+                        threads,
+                        host_threads,
+                    ),
                 ],
             );
             let pod_uid = root_info.as_deref().and_then(|i| i.pod_uid.clone());
@@ -526,6 +532,34 @@ impl Tracker {
         self.cgroup_root = root;
         self
     }
+}
+
+/// The ceiling a tree's threads grow towards: its cgroup's `pids.max` (tasks, i.e. threads), else
+/// the kernel's `threads-max`; as headroom over what everything else uses now.
+fn thread_limit(
+    cgroup: Option<&str>,
+    cgroup_root: &std::path::Path,
+    tree_threads: u64,
+    host_threads: u64,
+) -> Option<(f64, &'static str)> {
+    let read = |p: std::path::PathBuf| -> Option<u64> {
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    };
+    if let Some(cg) = cgroup {
+        let dir = cgroup_root.join(cg.trim_start_matches('/'));
+        if let (Some(max), Some(cur)) = (read(dir.join("pids.max")), read(dir.join("pids.current")))
+        {
+            return Some((
+                (tree_threads + max.saturating_sub(cur)) as f64,
+                "cgroup pids.max",
+            ));
+        }
+    }
+    let max = read(std::path::PathBuf::from("/proc/sys/kernel/threads-max"))?;
+    Some((
+        (tree_threads + max.saturating_sub(host_threads)) as f64,
+        "kernel.threads-max",
+    ))
 }
 
 fn leak_views(
