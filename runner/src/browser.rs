@@ -136,7 +136,12 @@ pub struct Browser {
     pub dead: CancellationToken,
     pub launched_at: Instant,
     pub detached: bool,
+    tasks: TaskTracker,
+    /// A context and page made ready ahead of the next session (see [`Browser::start_warm`]).
+    warm: std::sync::Mutex<Option<Warm>>,
 }
+
+type Warm = tokio::task::JoinHandle<anyhow::Result<(BrowserContextId, Page)>>;
 
 /// What closing found.
 #[derive(Debug, Default, Clone)]
@@ -225,6 +230,8 @@ impl Browser {
                 dead,
                 launched_at: Instant::now(),
                 detached: mode == Mode::Detached,
+                tasks: env.tasks.clone(),
+                warm: std::sync::Mutex::new(None),
             }),
             Err(e) => {
                 handler_stop.cancel();
@@ -278,6 +285,33 @@ impl Browser {
         Ok(())
     }
 
+    /// Start creating a context and its page for the next session, unless one is ready or on
+    /// its way. A new context starts a new renderer process (hundreds of milliseconds, most of a
+    /// session's set-up); doing it while the current session runs takes it off the next
+    /// session's path. The task is owned by the run's tracker and aborted at close; a context
+    /// nobody took dies with its browser.
+    pub fn start_warm(self: &std::sync::Arc<Self>, limit: Duration) {
+        let mut w = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_some() || self.dead.is_cancelled() {
+            return;
+        }
+        let b = self.clone();
+        *w = Some(self.tasks.spawn(async move {
+            tokio::time::timeout(limit, async {
+                let ctx = b.new_context().await?;
+                let page = b.new_page(&ctx).await?;
+                Ok((ctx, page))
+            })
+            .await
+            .map_err(|_| anyhow!("warm-up timed out after {limit:?}"))?
+        }));
+    }
+
+    /// The context and page prepared by [`Browser::start_warm`], if any.
+    pub fn take_warm(&self) -> Option<Warm> {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// SIGKILL the browser process (the `kill-browser` fault).
     pub fn kill_for_fault(&self) -> bool {
         self.pidfd
@@ -288,6 +322,9 @@ impl Browser {
     /// Close and clean up: see the module documentation. Takes `&self` so a session that still
     /// holds a clone cannot block cleanup; after this the browser is unusable.
     pub async fn close(&self, spec: &Spec, env: &Env) -> CloseReport {
+        if let Some(w) = self.take_warm() {
+            w.abort();
+        }
         if self.detached {
             // The `abandon` fault: drop the connection, leave the browser running.
             self.handler_stop.cancel();

@@ -68,6 +68,9 @@ pub async fn attempt(
         l = pool.acquire() => l.map_err(|e| AttemptError::Failed(e.to_string()))?,
     };
     let browser = lease.browser.clone();
+    if pool.demand.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        browser.start_warm(setup_timeout(&env.job));
+    }
     let ctx_slot: Arc<Mutex<Option<BrowserContextId>>> = Arc::default();
     let result = race(
         steps(&browser, env, index, attempt, faults, ctx_slot.clone()),
@@ -77,6 +80,7 @@ pub async fn attempt(
     )
     .await;
     let ctx = ctx_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let t = std::time::Instant::now();
     let disposed = match ctx {
         Some(ctx) if !browser.dead.is_cancelled() => {
             match tokio::time::timeout(pool.spec().close_timeout, browser.dispose_context(&ctx))
@@ -100,6 +104,11 @@ pub async fn attempt(
         // No context was created (or we lost track of it while it was being created).
         None => result.is_ok(),
     };
+    tracing::debug!(
+        session = index,
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "context closed"
+    );
     pool.release(Lease { browser }, result.is_ok() && disposed);
     drop(lease);
     result
@@ -140,9 +149,36 @@ async fn steps(
     ctx_slot: Arc<Mutex<Option<BrowserContextId>>>,
 ) -> anyhow::Result<()> {
     let limit = setup_timeout(&env.job);
-    let ctx = within(limit, "create context", browser.new_context()).await?;
-    *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
-    let page = within(limit, "new page", browser.new_page(&ctx)).await?;
+    let t = std::time::Instant::now();
+    let warm = match browser.take_warm() {
+        Some(w) => match w.await {
+            Ok(Ok(ready)) => Some(ready),
+            Ok(Err(e)) => {
+                tracing::debug!(session = index, error = %e, "warm context unusable; creating one");
+                None
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let (ctx, page) = match warm {
+        Some((ctx, page)) => {
+            *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
+            (ctx, page)
+        }
+        None => {
+            let ctx = within(limit, "create context", browser.new_context()).await?;
+            *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
+            let page = within(limit, "new page", browser.new_page(&ctx)).await?;
+            (ctx, page)
+        }
+    };
+    let _ = ctx;
+    tracing::debug!(
+        session = index,
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "context and page ready"
+    );
     run_steps(&page, Some(browser), env, index, attempt, faults).await
 }
 
@@ -166,6 +202,7 @@ async fn run_steps(
     let job = &env.job;
     let target = &job.targets[(index % job.targets.len() as u64) as usize];
     for (n, step) in job.steps.iter().enumerate() {
+        let t = std::time::Instant::now();
         within(
             job.step_timeout,
             step.kind(),
@@ -173,6 +210,13 @@ async fn run_steps(
         )
         .await
         .with_context(|| format!("step {} ({})", n + 1, step.kind()))?;
+        tracing::debug!(
+            session = index,
+            step = n + 1,
+            kind = step.kind(),
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "step done"
+        );
         // Faults strike mid-session: after the first step.
         if n == 0 {
             for &fault in faults {
