@@ -72,8 +72,9 @@ def aggregate(cells):
 
 def markdown(rows, kills):
     out = []
-    out.append("| tool | conc. | sessions/min median (range) | latency p50 / p95 ms | machine CPU-s/session | cell CPU-s/session | peak PSS MiB | failed | (a) left at exit → +3 s: procs / dirs |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if rows:
+        out.append("| tool | conc. | sessions/min median (range) | latency p50 / p95 ms | machine CPU-s/session | cell CPU-s/session | peak PSS MiB | failed | (a) left at exit → +3 s: procs / dirs | CPU used by others |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         a = f"{r['left_at_exit_procs']} / {r['left_at_exit_dirs']}"
         a3 = f"{r['left_3s_procs']} / {r['left_3s_dirs']}"
@@ -83,7 +84,8 @@ def markdown(rows, kills):
             f"{fmt(r['latency_p50_ms'], 0)} / {fmt(r['latency_p95_ms'], 0)} | "
             f"{fmt(r['machine_cpu_s_per_session'], 2)} | {fmt(r['cell_cpu_s_per_session'], 2)} | "
             f"{fmt(r['peak_pss_mib'], 0)} | {r['failed']}/{r['planned']} | "
-            f"{a if a == a3 else a + ' → ' + a3} |")
+            f"{a if a == a3 else a + ' → ' + a3} | "
+            f"{fmt(100 * r['foreign_cpu_share'], 0) + ' %' if r['foreign_cpu_share'] is not None else '–'} |")
     if kills:
         out.append("")
         out.append("| tool | browser procs when SIGKILLed | (b) left 3 s after SIGKILL: procs / dirs | what is left | after the runner's next start: procs / dirs |")
