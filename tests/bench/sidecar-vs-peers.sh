@@ -16,7 +16,10 @@
 # Exporters scan on scrape: CPU per scrape = CPU delta / scrapes made. All three run during the same
 # window (LW_BENCH_SECONDS, default 30 s) so they see the same load. Then ≥ LW_BENCH_SCRAPES
 # (default 12) timed scrapes of each (curl %{time_total}, median and max) and VmRSS / VmHWM.
-# Finally the raw floor against one full scan, from the criterion bench
+# The raw floor in CPU time: tests/bench/floor.c (cc -O2) reads stat and statm and stat()s fd/
+# for every process, 10 passes right after the window, user+sys per pass from getrusage; the
+# sidecar's CPU per scan per process is compared with it. Finally the raw floor against one full
+# scan in wall time, from the criterion bench
 # (`cargo bench -p leakwarden --bench scan`, LW_BENCH_PROCS=N; it spawns its own N sleeps).
 #
 # Output: markdown tables on stdout and in target/bench/sidecar-vs-peers.md; raw numbers in
@@ -45,6 +48,10 @@ finish() {
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
+
+# The raw floor in CPU time (tests/bench/floor.c): read stat and statm and stat() fd/ for every
+# process, nothing else; user+sys from getrusage, per pass.
+cc -O2 -o "$work/floor" "$ROOT/tests/bench/floor.c" || die "cannot build tests/bench/floor.c (cc)"
 
 cat >"$work/pe.yaml" <<'EOF'
 process_names:
@@ -136,6 +143,9 @@ run_n() {
         'BEGIN { printf "%.2f", d > c ? 1000 * (b - a) / (d - c) : 0 }')
     ops[lw]=$(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }')
 
+    # The floor, same processes, right after the window (10 passes).
+    read -r FLOOR_PROCS[$n] FLOOR_CPU_US[$n] FLOOR_WALL_US[$n] < <("$work/floor" 10)
+
     # Scrape latency of the sidecar (a pre-rendered snapshot), then more for every peer if the
     # window gave fewer than SCRAPES.
     for ((i = 0; i < SCRAPES; i++)); do
@@ -175,7 +185,7 @@ run_n() {
     IDLE=()
 }
 
-declare -A HEALTHZ_MS SCAN_WALL_MS VISIBLE LOAD RAW FULL CRIT_PROCS
+declare -A FLOOR_PROCS FLOOR_CPU_US FLOOR_WALL_US HEALTHZ_MS SCAN_WALL_MS VISIBLE LOAD RAW FULL CRIT_PROCS
 criterion() {
     local n=$1 err grp
     err=$work/criterion-$n.log
@@ -221,6 +231,15 @@ done
                 printf "| %s | %s | %.1f× | %.1f× | %.1f× |\n", n, q, cpu[n, q] / cpu[n, "lw"], lat[n, q] / lat[n, "lw"], rss[n, q] / rss[n, "lw"]
             }
         }' "$TSV" | sort -t'|' -k2,2n -k3,3
+    echo
+    echo "### Sidecar CPU per scan against the raw floor in CPU time (same processes, same run)"
+    echo
+    echo "| N extra | visible | floor CPU µs/proc (floor.c, 10 passes) | floor wall µs/proc | sidecar CPU µs/proc per scan (whole watch process) | sidecar ÷ floor |"
+    echo "|---|---|---|---|---|---|"
+    for n in "${NS[@]}"; do
+        awk -F'\t' -v n="$n" -v fp="${FLOOR_PROCS[$n]}" -v fc="${FLOOR_CPU_US[$n]}" -v fw="${FLOOR_WALL_US[$n]}" \
+            'NR > 1 && $1 == n && $3 == "lw" { printf "| %s | %s | %.2f | %.2f | %.2f | %.2f |\n", n, $2, fc / fp, fw / fp, 1000 * $4 / $2, (1000 * $4 / $2) / (fc / fp) }' "$TSV"
+    done
     echo
     echo "### Sidecar scan: wall time from its own histogram, and the raw floor (criterion)"
     echo

@@ -6,13 +6,14 @@
 # In a private PID namespace (`unshare --pid --fork --mount-proc --kill-child`; PID 1 is this
 # script with `--inner`, so everything dies with it): `leakwarden watch` (built-in policy, its
 # stale-profile roots narrowed to the soak's own directory, interval LW_SOAK_INTERVAL, default 5s)
-# and `leakwarden-runner run` (embedded default job, --concurrency 2, faults in ≥ 10% of sessions:
-# LW_SOAK_FAULTS, default crash:0.05 kill-browser:0.03 abandon:0.04 — abandoned browsers are the
-# orphans the sidecar has to kill). Every LW_SOAK_SAMPLE seconds (5) both programs' VmRSS and
+# and `leakwarden-runner run` (embedded default job, --concurrency LW_SOAK_CONCURRENCY, default 4
+# — one browser, four contexts — faults in ≥ 10% of sessions: LW_SOAK_FAULTS, default
+# kill-browser:0.05 abandon:0.04 crash:0.02; a crash costs a 10 s step timeout; abandoned browsers
+# are the orphans the sidecar has to kill). Every LW_SOAK_SAMPLE seconds (5) both programs' VmRSS and
 # open FDs, the runner's and the sidecar's counters. The run is stopped (SIGTERM, drain) after
-# LW_SOAK_MAX_MIN minutes (25). After the runner exits, the sidecar gets 45 s to finish the
-# orphans (`orphaned_for: 30s` in the built-in policy), then the namespace is checked for
-# browser processes left.
+# LW_SOAK_MAX_MIN minutes (25). After the runner exits, the sidecar gets up to LW_SOAK_AFTER
+# seconds (300) to finish the orphans (`orphaned_for: 30s` in the built-in policy), then the
+# namespace is checked for browser processes left.
 #
 # Output: target/bench/soak.tsv (samples), soak-summary.json (the runner's), soak.md (figures,
 # least-squares slopes), and docs/img/soak.png (gnuplot) unless LW_SOAK_PLOT=0.
@@ -48,10 +49,12 @@ SESSIONS=${1:-1000}
 INTERVAL=${LW_SOAK_INTERVAL:-5s}
 SAMPLE=${LW_SOAK_SAMPLE:-5}
 MAX_MIN=${LW_SOAK_MAX_MIN:-25}
-read -r -a FAULTS <<<"${LW_SOAK_FAULTS:-crash:0.05 kill-browser:0.03 abandon:0.04}"
+CONC=${LW_SOAK_CONCURRENCY:-4}
+read -r -a FAULTS <<<"${LW_SOAK_FAULTS:-kill-browser:0.05 abandon:0.04 crash:0.02}"
 ((BASHPID == 1)) || die "--inner must run as PID 1 of a PID namespace"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/lw-soak.XXXXXX")
+# Short: Chromium's unix socket paths under the run directory allow ~61 bytes.
+tmp=$(mktemp -d /tmp/lws.XXXXXX)
 trap 'kill_started; rm -rf "$tmp"' EXIT
 export TMPDIR=$tmp
 
@@ -75,7 +78,7 @@ r_port=$(free_port)
 r_url=http://127.0.0.1:$r_port/metrics
 fault_args=()
 for f in "${FAULTS[@]}"; do fault_args+=(--fault "$f"); done
-"$LW_RUNNER" run --sessions "$SESSIONS" --concurrency 2 "${fault_args[@]}" \
+"$LW_RUNNER" run --sessions "$SESSIONS" --concurrency "$CONC" "${fault_args[@]}" \
     --listen "127.0.0.1:$r_port" --run-dir "$tmp" --summary-json "$BENCH_OUT/soak-summary.json" \
     --log-format json </dev/null >/dev/null 2>"$BENCH_OUT/soak-runner.log" &
 runner=$!
@@ -128,15 +131,29 @@ rc=0
 wait "$runner" || rc=$?
 log "soak: runner exited with $rc after $(elapsed) s"
 
-# The sidecar's turn: abandoned trees are killed `orphaned_for: 30s` after their owner is gone.
-for ((i = 0; i < 45 / SAMPLE + 1; i++)); do
+# The sidecar's turn: abandoned trees hang under the runner (a subreaper) while it lives; once it
+# is gone they are orphans, killed `orphaned_for: 30s` later (built-in policy, at most 30 kills a
+# minute). Wait until no browser process is left, up to LW_SOAK_AFTER seconds (300).
+browsers() {
+    local d c
+    for d in /proc/[0-9]*; do
+        c=$(<"$d/comm") 2>/dev/null || continue
+        [[ $(awk '{ print $3 }' "$d/stat" 2>/dev/null) == Z ]] && continue
+        [[ $c =~ ^(chromium|chrome|chrome_crashpad|headless_shell) ]] && echo "${d#/proc/} $c"
+    done
+    return 0
+}
+t_exit=$SECONDS
+after=${LW_SOAK_AFTER:-300}
+n_at_exit=$(browsers | grep -c . || true)
+log "soak: $n_at_exit browser processes left when the runner exited"
+while ((SECONDS - t_exit < after)); do
     sleep "$SAMPLE"
     sample
+    [[ -z $(browsers) ]] && break
 done
-left=$(for d in /proc/[0-9]*; do
-    c=$(cat "$d/comm" 2>/dev/null) || continue
-    [[ $c =~ ^(chromium|chrome|chrome_crashpad|headless_shell) ]] && echo "${d#/proc/} $c"
-done || true)
+log "soak: browsers gone (or gave up) $((SECONDS - t_exit)) s after the runner exited"
+left=$(browsers)
 nleft=$(grep -c . <<<"$left" || true)
 lwbody=$(curl -fs "$lw_url")
 
@@ -156,7 +173,7 @@ S=$BENCH_OUT/soak-summary.json
     echo "## Soak ($(date -u +%FT%TZ))"
     echo
     machine_info
-    echo "- command: \`tests/bench/soak.sh $SESSIONS\` (runner: \`leakwarden-runner run --sessions $SESSIONS --concurrency 2 ${fault_args[*]}\`; sidecar: \`leakwarden watch --interval $INTERVAL\`, built-in policy, stale roots = the soak's directory), in one private PID namespace"
+    echo "- command: \`tests/bench/soak.sh $SESSIONS\` (runner: \`leakwarden-runner run --sessions $SESSIONS --concurrency $CONC ${fault_args[*]}\`; sidecar: \`leakwarden watch --interval $INTERVAL\`, built-in policy, stale roots = the soak's directory), in one private PID namespace"
     echo
     echo "| figure | value |"
     echo "|---|---|"
@@ -172,8 +189,8 @@ S=$BENCH_OUT/soak-summary.json
         echo "| runner summary | missing (runner exit $rc) |"
     fi
     echo "| runner's leakwarden_runner_cleanup_leaks_total (last scrape) | $(metric_sum leakwarden_runner_cleanup_leaks_total <<<"$rbody") |"
-    echo "| orphans the sidecar killed (kills_total by outcome) | $(awk '/^leakwarden_kills_total/ { printf "%s ", $0 }' <<<"$lwbody") |"
-    echo "| browser processes left in the namespace 45 s after the runner exited | $nleft |"
+    echo "| orphans the sidecar killed (kills_total by outcome) | $(awk '/^leakwarden_kills_total/ && $NF > 0 { sub(/^leakwarden_kills_total/, ""); printf "%s ", $0 }' <<<"$lwbody") |"
+    echo "| browser processes left in the namespace when the runner exited → $((SECONDS - t_exit)) s later | $n_at_exit → $nleft |"
     echo "| sidecar scans | $(metric_sum leakwarden_scans_total <<<"$lwbody") (failures $(metric_sum leakwarden_scan_failures_total <<<"$lwbody")) |"
     echo "| runner VmRSS KiB slope (all / after first 10%) | $(slope 2 0) / $(slope 2 "$warm") |"
     echo "| runner FDs slope | $(slope 3 0) / $(slope 3 "$warm") |"
