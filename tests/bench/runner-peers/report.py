@@ -80,7 +80,7 @@ def markdown(rows, kills):
         a3 = f"{r['left_3s_procs']} / {r['left_3s_dirs']}"
         out.append(
             f"| {LABEL.get(r['tool'], r['tool'])} | {r['concurrency']} | "
-            f"{fmt(r['spm_median'])} ({fmt(r['spm_min'])}–{fmt(r['spm_max'])}) | "
+            f"{fmt(r['spm_median'])} ({fmt(r['spm_min'])}–{fmt(r['spm_max'])}, n={r['reps']}) | "
             f"{fmt(r['latency_p50_ms'], 0)} / {fmt(r['latency_p95_ms'], 0)} | "
             f"{fmt(r['machine_cpu_s_per_session'], 2)} | {fmt(r['cell_cpu_s_per_session'], 2)} | "
             f"{fmt(r['peak_pss_mib'], 0)} | {r['failed']}/{r['planned']} | "
@@ -140,7 +140,7 @@ def chart(rows, path):
     tools = [t for t in TOOLS if any(r["tool"] == t for r in rows)]
     by = {(r["tool"], r["concurrency"]): r for r in rows}
     width = 0.8 / max(1, len(tools))
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
     colors = {"runner": "#2b7bba", "playwright": "#2ca02c", "cluster": "#ff7f0e", "naive": "#999999"}
     for i, t in enumerate(tools):
         xs, ys, lo, hi = [], [], [], []
@@ -159,7 +159,8 @@ def chart(rows, path):
     ax.set_xticklabels([f"concurrency {c}" for c in concs])
     ax.set_ylabel("sessions / min (median, range of reps)")
     ax.set_title("Same job, same machine (2 cores): sessions per minute")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(tools), frameon=False)
+    ax.set_ylim(0, max(r["spm_max"] for r in rows) * 1.15)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
