@@ -140,7 +140,7 @@ run_n() {
         -v b="$(metric_sum leakwarden_scan_duration_seconds_sum <<<"$b1")" \
         -v c="$(metric_sum leakwarden_scan_duration_seconds_count <<<"$b0")" \
         -v d="$(metric_sum leakwarden_scan_duration_seconds_count <<<"$b1")" \
-        'BEGIN { printf "%.2f", d > c ? 1000 * (b - a) / (d - c) : 0 }')
+        'BEGIN { printf "%.2f", (d > c ? 1000 * (b - a) / (d - c) : 0) }')
     ops[lw]=$(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }')
 
     # The floor, same processes, right after the window (10 passes).
