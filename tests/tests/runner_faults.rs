@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use leakwarden_tests::runner::{
-    assert_nothing_left, job_file, outcomes, prerequisites, processes_naming, test_dir, RunnerRun,
+    assert_nothing_left, job_file, outcomes, prerequisites, processes_naming, run_dir_prefix,
+    test_dir, RunnerRun,
 };
 
 /// Short timeouts so a hung step ends quickly; two sessions, the second one faulted.
@@ -105,8 +106,7 @@ fn runner_fault_abandon_leaves_a_browser_for_the_sidecar_chromium() {
     assert_eq!(ok + retried, 2, "{s:#}\n{}", run.logs());
     assert_eq!(s["faults_injected"]["abandon"], 1, "{s:#}");
     assert!(run.stderr().contains("fault `abandon`"), "{}", run.logs());
-    let abandoned = format!("{}/leakwarden-run-", run.root.display());
-    let procs = processes_naming(&format!("{abandoned}"));
+    let procs = processes_naming(&run_dir_prefix(&run.root));
     assert!(
         procs.iter().any(|(_, c)| c.contains(".abandoned-")),
         "the abandoned browser is still running: {procs:#?}\n{}",
