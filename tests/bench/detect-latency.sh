@@ -137,7 +137,7 @@ for iv in "${INTERVALS[@]}"; do
     done
     MED[$iv]=$(printf '%s\n' "${lat[@]}" | median)
     MAX[$iv]=$(printf '%s\n' "${lat[@]}" | maxof)
-    KILLS[$iv]=$(curl -fs "$url" | awk '/^leakwarden_kills_total/ { print }' | tr '\n' ' ')
+    KILLS[$iv]=$(curl -fs "$url" | awk '/^leakwarden_kills_total/ && $NF > 0 { print }' | tr '\n' ' ')
     kill -KILL "$lw"
     wait "$lw" 2>/dev/null || true
     STARTED=()
