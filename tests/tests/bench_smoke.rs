@@ -43,8 +43,8 @@ fn bench_script_side_by_side_runs() {
     let out = tempfile::tempdir().unwrap();
     let mut c = script("sidecar-vs-peers.sh", out.path());
     c.arg("20")
-        .env("LW_BENCH_SECONDS", "2")
-        .env("LW_BENCH_SCRAPES", "10")
+        .env("LW_BENCH_SECONDS", "1")
+        .env("LW_BENCH_SCRAPES", "3")
         .env("LW_BENCH_SKIP_CRITERION", "1");
     let o = run(&mut c);
     assert!(o.status.success(), "{}", describe(&c, &o));
