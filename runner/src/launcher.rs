@@ -170,7 +170,10 @@ fn spawn(mut cmd: Command, mode: Mode, owned: &Owned) -> io::Result<Spawned> {
         }
         Mode::Detached => {
             crate::sys::detach(&mut cmd);
-            let child = cmd.spawn()?;
+            let mut child = cmd.spawn()?;
+            // That was the intermediate of the double fork; it has exited. Reap it (the reaper
+            // thread may have been first: then this finds nothing, which is fine).
+            let _ = child.wait();
             Ok(Spawned {
                 pid: child.id() as i32,
                 pidfd: None,

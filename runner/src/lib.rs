@@ -98,7 +98,13 @@ pub async fn run(
     }
     tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
 
-    reaper::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
+    if abandon {
+        // A subreaper would adopt the abandoned browsers, and a live runner would still own
+        // them: they must become the real orphans a buggy bot leaves, for the sidecar to catch.
+        tracing::warn!("fault `abandon`: the runner is not a child subreaper in this run");
+    } else {
+        reaper::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
+    }
     let owned = Owned::default();
     let launcher = Launcher::start(owned.clone()).context("starting the launcher thread")?;
     let launch_handle = launcher.handle().context("launcher thread has no handle")?;

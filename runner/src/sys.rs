@@ -33,12 +33,21 @@ pub fn tie_to_parent(cmd: &mut Command) {
     }
 }
 
-/// The `abandon` fault: the child starts a new session (no process group the runner could
-/// signal) and has no parent-death signal — the way a buggy bot leaves its browser.
+/// The `abandon` fault: the browser is double-forked — the intermediate exits at once, so the
+/// browser is reparented to init (a run with `abandon` does not make the runner a subreaper) and
+/// is a real orphan from its first second, the way a buggy bot's detached browser ends up — in a
+/// new session (no process group the runner could signal) and without a parent-death signal.
 pub fn detach(cmd: &mut Command) {
-    // SAFETY: setsid and close_range are async-signal-safe system calls; nothing is allocated.
+    // SAFETY: fork, _exit, setsid and close_range are async-signal-safe system calls; nothing is
+    // allocated. The intermediate exits without running any Rust code; std's exec-error pipe is
+    // close-on-exec, so the parent still learns whether the grandchild's exec succeeded.
     unsafe {
         cmd.pre_exec(|| {
+            match libc::fork() {
+                -1 => return Err(io::Error::last_os_error()),
+                0 => {}
+                _ => libc::_exit(0),
+            }
             rustix::process::setsid()?;
             cloexec_inherited();
             Ok(())
