@@ -138,3 +138,36 @@ fn runner_bad_job_exits_64_with_location() {
     let out = run_with_deadline(&mut cmd, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(64), "{}", describe(&cmd, &out));
 }
+
+/// A browser that cannot start: launches fail, the circuit breaker opens (backoff instead of a
+/// launch loop), sessions fail within their timeout, the run ends with exit 2 and no leak.
+#[test]
+fn runner_launch_failures_open_the_breaker_and_fail_sessions() {
+    if !leakwarden_tests::can_unshare() {
+        eprintln!("skipping: cannot create PID namespaces");
+        return;
+    }
+    let dir = test_dir();
+    let job = job_file(
+        dir.path(),
+        "job.yaml",
+        "sessions: 2\nconcurrency: 1\nretries: 0\ntimeouts: { step: 2s, session: 4s }\nsteps:\n  - navigate: /\n",
+    );
+    let run = RunnerRun::start_in(dir, &[job.to_str().unwrap(), "--chromium", "/bin/false"]);
+    let rc = run.wait_exit(Duration::from_secs(60));
+    assert_eq!(rc, 2, "{}", run.logs());
+    let s = run.summary();
+    let (ok, retried, failed, timeout, _) = outcomes(&s);
+    assert_eq!((ok, retried, failed + timeout), (0, 0, 2), "{s:#}");
+    let failures = s["launch_failures"].as_u64().unwrap();
+    // Without the breaker a launch loop would fail hundreds of times in 8 s; with it, the
+    // third failure opens the circuit and the backoff doubles from 1 s.
+    assert!(
+        (3..=8).contains(&failures),
+        "launch failures {failures}: {s:#}\n{}",
+        run.logs()
+    );
+    assert_eq!(s["cleanup"]["leaks"], 0, "{s:#}");
+    assert_nothing_left(&run);
+    run.finish();
+}
