@@ -1,4 +1,4 @@
-#!/usr/bin/env bash
+#!/bin/bash
 # `make run`: the runner's embedded default job with the sidecar beside it, then a short report.
 #
 # Both run inside a private PID namespace (`unshare --pid --fork --mount-proc`, the shape of a
@@ -12,7 +12,7 @@
 # FAULT (abandon:0.1), SESSIONS (the default job's 20), DEADLINE_S (whole run, default 180),
 # KEEP_WORK=1 (keep the scratch directory and its logs).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$(readlink -f "$0")")/.."
 ROOT=$PWD
 LEAKWARDEN=${LEAKWARDEN:-$ROOT/target/debug/leakwarden}
 RUNNER=${RUNNER:-$ROOT/target/debug/leakwarden-runner}
@@ -93,7 +93,11 @@ metric() {
 
 echo "leakwarden demo: sidecar on http://$SIDECAR_LISTEN, runner on http://$RUNNER_LISTEN (fault $FAULT)"
 echo "  work dir $WORK (logs: sidecar.log, runner.log); everything runs in a private PID namespace"
-unshare --pid --fork --mount-proc --kill-child "$0" --inside "$WORK" >"$WORK/namespace.log" 2>&1 &
+# PID 1 runs under the name `tini` (a symlink to this script: a script's comm is the name it was
+# exec'd by), like a container's init: the sidecar judges a browser first seen under a known init
+# as orphaned, and the runner's abandoned browsers are double-forked there.
+ln -s "$(readlink -f "$0")" "$WORK/tini"
+unshare --pid --fork --mount-proc --kill-child "$WORK/tini" --inside "$WORK" >"$WORK/namespace.log" 2>&1 &
 NS_PID=$!
 
 start=$SECONDS

@@ -1,4 +1,4 @@
-#!/usr/bin/env bash
+#!/bin/bash
 # Driver of tests/tests/e2e_stack.rs: runs as PID 1 of a private PID namespace
 # (`unshare --pid --fork --mount-proc --kill-child`), so everything it starts — and every browser
 # the runner abandons — lives and dies in that namespace, and the sidecar can reach nothing else.

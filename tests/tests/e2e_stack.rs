@@ -135,7 +135,13 @@ scrape_configs:
         ),
     );
 
-    let mut cmd = in_pid_namespace(workspace_root().join("tests/e2e/stack.sh"));
+    // PID 1 runs under the name `tini` (a symlink to the driver script: a script's comm is the
+    // name it was exec'd by), as a container init would: the sidecar judges a browser it first
+    // sees under a known init as orphaned — the runner's abandoned browser is double-forked there.
+    let init = d.join("tini");
+    std::os::unix::fs::symlink(workspace_root().join("tests/e2e/stack.sh"), &init)
+        .expect("symlink the driver as tini");
+    let mut cmd = in_pid_namespace(&init);
     cmd.env("DIR", d)
         .env("LEAKWARDEN", bin("leakwarden"))
         .env("RUNNER", bin("leakwarden-runner"))
@@ -143,8 +149,8 @@ scrape_configs:
         .env("AM_ADDR", &am_addr)
         .env("SIDECAR_ADDR", &sidecar_addr)
         .env("RUNNER_ADDR", &runner_addr)
-        // Two sessions, the second abandoned; the runner then exits and the abandoned browser
-        // is reparented to the namespace's PID 1: an orphan.
+        // Two sessions, the second abandoned: its browser is double-forked to the namespace's
+        // PID 1, an orphan from its first second.
         .env(
             "RUNNER_ARGS",
             "--sessions 2 --concurrency 1 --fault abandon:0.5",
