@@ -102,7 +102,7 @@ def markdown(rows, kills):
     return "\n".join(out) + "\n"
 
 
-def verdict(rows, kills):
+def verdict(rows, kills, cells=None):
     by = {(r["tool"], r["concurrency"]): r for r in rows}
     lines = []
     rr = by.get(("runner", 2))
@@ -117,6 +117,20 @@ def verdict(rows, kills):
                      f"machine (/proc/stat, includes other work on the machine), {fmt(rr['cell_cpu_s_per_session'], 2)} s cell "
                      f"(cgroup) (target ≤ 1.8, judged on the cell's CPU: "
                      f"{'met' if (rr['cell_cpu_s_per_session'] or rr['machine_cpu_s_per_session'] or 9) <= 1.8 else 'NOT met'})")
+    if cells:
+        # Paired by repetition: the tools of one repetition ran minutes apart, so a ratio within a
+        # repetition is less exposed to the machine's drifting load than a ratio of medians.
+        reps = {}
+        for c in cells:
+            if c["mode"] == "clean" and c["concurrency"] == 2 and "-r" in c["cell"]:
+                reps.setdefault(c["cell"].rsplit("-r", 1)[1], {})[c["tool"]] = c["sessions_per_min"]
+        ratios = []
+        for rep, by_tool in sorted(reps.items()):
+            peer = max((v for t, v in by_tool.items() if t != "runner"), default=0)
+            if "runner" in by_tool and peer:
+                ratios.append(f"rep {rep}: ×{by_tool['runner'] / peer:.2f}")
+        if ratios:
+            lines.append("- concurrency 2, runner ÷ best peer of the same repetition: " + ", ".join(ratios))
     runner_rows = [r for r in rows if r["tool"] == "runner"]
     if runner_rows:
         a = max(max(r["left_3s_procs"], r["left_3s_dirs"], r["left_at_exit_procs"], r["left_at_exit_dirs"]) for r in runner_rows)
@@ -172,7 +186,7 @@ def main():
     cells = load(out)
     rows, kills = aggregate(cells)
     md = markdown(rows, kills)
-    v = verdict(rows, kills)
+    v = verdict(rows, kills, cells)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"rows": rows, "kills": kills, "cells": cells}, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
