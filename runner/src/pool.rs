@@ -61,6 +61,9 @@ struct State {
     slots: Vec<Slot>,
     launching: usize,
     breaker: Breaker,
+    /// Opens when sessions keep failing (a failing target): new sessions wait, a half-open trial
+    /// session tests the target, a success closes it.
+    target: Breaker,
     closed: bool,
     next_id: u64,
 }
@@ -92,6 +95,8 @@ pub struct Pool {
     /// Sessions not started yet: launch-ahead only when there is work left.
     pub demand: AtomicU64,
     stats: Mutex<PoolStats>,
+    /// Memory available when the run started: at most this / `memory_reserve` browsers live.
+    mem_budget: Option<u64>,
 }
 
 /// A browser lent to one session.
@@ -114,6 +119,8 @@ impl Pool {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let breaker = Breaker::new(cfg.breaker_threshold, cfg.breaker_base, cfg.breaker_max);
+        let target = Breaker::new(cfg.breaker_threshold, cfg.breaker_base, cfg.breaker_max);
+        let mem_budget = admission::headroom(&env.procfs);
         Arc::new(Self {
             live: Arc::new(Semaphore::new(cfg.browsers + 1)),
             cfg,
@@ -125,6 +132,7 @@ impl Pool {
                 slots: Vec::new(),
                 launching: 0,
                 breaker,
+                target,
                 closed: false,
                 next_id: 1,
             }),
@@ -133,7 +141,29 @@ impl Pool {
             stop: CancellationToken::new(),
             demand: AtomicU64::new(0),
             stats: Mutex::new(PoolStats::default()),
+            mem_budget,
         })
+    }
+
+    /// Report how a session ended, for the target circuit breaker.
+    pub fn session_outcome(&self, ok: bool) {
+        let mut st = self.lock();
+        if ok {
+            st.target.success();
+        } else {
+            st.target.failure(Instant::now());
+        }
+        self.set_circuit_gauge(&st);
+    }
+
+    fn set_circuit_gauge(&self, st: &State) {
+        let now = Instant::now();
+        let g = st
+            .breaker
+            .state(now)
+            .gauge()
+            .max(st.target.state(now).gauge());
+        self.metrics.circuit_state.set(g);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -155,6 +185,27 @@ impl Pool {
     /// A browser with a free context slot; launches one if needed. Cancel-safe: dropping the
     /// future while it waits leaves nothing behind.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
+        // The target circuit: while open, sessions wait; half-open lets one trial through.
+        loop {
+            let permit = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(AcquireError::Closed);
+                }
+                let p = st.target.permit(Instant::now());
+                self.set_circuit_gauge(&st);
+                p
+            };
+            match permit {
+                Permit::Go { .. } => break,
+                Permit::Wait(d) => {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Err(AcquireError::Closed),
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+            }
+        }
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -302,9 +353,7 @@ impl Pool {
                 drop(permit);
             }
         }
-        self.metrics
-            .circuit_state
-            .set(st.breaker.state(Instant::now()).gauge());
+        self.set_circuit_gauge(&st);
         drop(st);
         self.changed.notify_waiters();
     }
@@ -315,9 +364,7 @@ impl Pool {
             let permit = {
                 let mut st = self.lock();
                 let p = st.breaker.permit(Instant::now());
-                self.metrics
-                    .circuit_state
-                    .set(st.breaker.state(Instant::now()).gauge());
+                self.set_circuit_gauge(&st);
                 p
             };
             match permit {
@@ -332,10 +379,30 @@ impl Pool {
         }
         // Memory admission. Other launches in flight have not shown up in MemAvailable yet.
         loop {
-            let pending = {
+            let (pending, total) = {
                 let st = self.lock();
-                (st.launching.saturating_sub(1)) as u64 * self.cfg.memory_reserve
+                (
+                    (st.launching.saturating_sub(1)) as u64 * self.cfg.memory_reserve,
+                    (st.slots.len() + st.launching) as u64,
+                )
             };
+            // Budget: every live browser may grow to `memory_reserve`; the first always may start.
+            if let Some(b) = self.mem_budget {
+                if total > 1 && total * self.cfg.memory_reserve > b {
+                    self.metrics.admission_rejections_memory.inc();
+                    tracing::debug!(
+                        browsers = total,
+                        budget_mib = b >> 20,
+                        reserve_mib = self.cfg.memory_reserve >> 20,
+                        "another browser would exceed the memory budget; waiting"
+                    );
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            }
             let procfs = self.env.procfs.clone();
             let headroom = tokio::task::spawn_blocking(move || admission::headroom(&procfs))
                 .await

@@ -109,6 +109,7 @@ pub async fn attempt(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "context closed"
     );
+    pool.session_outcome(result.is_ok());
     pool.release(Lease { browser }, result.is_ok() && disposed);
     drop(lease);
     result
