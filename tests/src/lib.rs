@@ -102,7 +102,7 @@ pub fn chromium() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.exists())
 }
-pub mod ops;
-pub mod sidecar;
-pub mod runner;
 pub mod incidents;
+pub mod ops;
+pub mod runner;
+pub mod sidecar;
