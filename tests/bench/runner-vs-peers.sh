@@ -26,6 +26,7 @@
 #   BENCH_OUT=target/bench-runner/<UTC time>   where cells, results.json, results.md, chart go
 #   BENCH_PORT=18631           port of the static site (inside each cell, on 127.0.0.1)
 #   BENCH_PUBLISH=0            1: copy the chart to docs/img/runner-vs-peers.png
+#   BENCH_RUNNER=target/release/leakwarden-runner   (copied into BENCH_OUT first)
 #   CHROMIUM=/usr/lib/chromium/chromium
 # Quick look: BENCH_SESSIONS=8 BENCH_REPS=1 BENCH_CONCURRENCY=2 tests/bench/runner-vs-peers.sh
 set -euo pipefail
@@ -41,7 +42,7 @@ PORT=${BENCH_PORT:-18631}
 CHROMIUM=${CHROMIUM:-/usr/lib/chromium/chromium}
 OUT=${BENCH_OUT:-$ROOT/target/bench-runner/$(date -u +%Y%m%dT%H%M%SZ)}
 PEERS="$ROOT/target/bench-peers"
-RUNNER="$ROOT/target/release/leakwarden-runner"
+RUNNER=${BENCH_RUNNER:-$ROOT/target/release/leakwarden-runner}
 PYTHON=${PYTHON:-python3}
 
 die() { echo "runner-vs-peers: $*" >&2; exit 1; }
@@ -76,6 +77,11 @@ elif [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -w /sys/fs/cgroup ]; then
 fi
 
 mkdir -p "$OUT/cells"
+# The bench runs a copy, so a rebuild while it runs cannot mix two runners in one table.
+if [ -x "$RUNNER" ]; then
+  cp "$RUNNER" "$OUT/leakwarden-runner"
+  RUNNER="$OUT/leakwarden-runner"
+fi
 {
   echo "date_utc: $(date -u +%FT%TZ)"
   echo "kernel: $(uname -r)"
