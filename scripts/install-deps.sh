@@ -18,7 +18,13 @@ check prometheus-alertmanager prometheus-alertmanager
 check prometheus-process-exporter prometheus-process-exporter
 check prometheus-node-exporter prometheus-node-exporter
 check unshare util-linux
+check nsenter util-linux
 check python3 python3
+check curl curl
+check ps procps
+check pgrep procps
+# `python3 -m venv` needs ensurepip (Debian ships it separately).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}" >&2
