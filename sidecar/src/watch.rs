@@ -32,8 +32,9 @@ use crate::proc::ProcFs;
 use crate::reload::{PolicySource, Reload};
 use crate::snapshot::{ScanError, Scanner};
 
-/// How often stale profile directories are looked for.
-const STALE_EVERY: Duration = Duration::from_secs(30);
+/// Stale profile directories are looked for every five scan intervals, within these bounds.
+const STALE_EVERY_MIN: Duration = Duration::from_secs(1);
+const STALE_EVERY_MAX: Duration = Duration::from_secs(30);
 /// How often the renderer refreshes `/metrics` when nothing else happens (for `process_*`).
 const RENDER_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for kills under way.
@@ -270,7 +271,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             .map(|d| tokio::time::Instant::now() + d + Duration::from_millis(20));
 
         // Stale profile directories.
-        if last_stale.is_none_or(|t| t.elapsed() >= STALE_EVERY) {
+        let stale_every = (cfg.interval * 5).clamp(STALE_EVERY_MIN, STALE_EVERY_MAX);
+        if last_stale.is_none_or(|t| t.elapsed() >= stale_every) {
             last_stale = Some(Instant::now());
             let stale = crate::stale::find(&policy, &a, false);
             metrics.stale_dirs.set(stale.len() as i64);

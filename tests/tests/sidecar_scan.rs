@@ -412,6 +412,22 @@ fn real_chromium_orphaned_is_one_tree_and_cleanup_kills_it() {
         .sum();
     assert_eq!(total as usize, expected.len(), "{scan:#}");
 
+    // The policy's `orphaned_for: 1s` is judged from the browser's start time in a one-shot run:
+    // wait until the tree is old enough that cleanup must act (on a fast machine the whole test
+    // so far takes about a second).
+    wait_for(
+        "the orphaned tree to pass the policy's orphaned_for",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            let scan = ns.scan(&pol);
+            arr(&scan, "trees")
+                .first()
+                .and_then(|t| t["orphaned_for_seconds"].as_f64())
+                .filter(|s| *s >= 1.5)
+                .map(|_| ())
+        },
+    );
     let start = Instant::now();
     let (code, out, err) = ns.cleanup(&pol, &["--kill"]);
     assert_eq!(code, 3, "cleanup --kill should act (exit 3)\n{out}\n{err}");
