@@ -1,4 +1,4 @@
-#!/usr/bin/env bash
+#!/bin/bash
 # Soak (issue 7, item 3): `make soak`. Minutes, not part of `make test`.
 #
 #   tests/bench/soak.sh [SESSIONS]          (default 1000)
@@ -19,14 +19,18 @@
 # least-squares slopes), and docs/img/soak.png (gnuplot) unless LW_SOAK_PLOT=0.
 set -euo pipefail
 # shellcheck source=tests/bench/lib.sh
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 
 if [[ ${1:-} != --inner ]]; then
     [[ -x $LW ]] || die "$LW missing: cargo build --release"
     [[ -x $LW_RUNNER ]] || die "$LW_RUNNER missing: cargo build --release"
     mkdir -p "$BENCH_OUT"
     export LW LW_RUNNER BENCH_OUT
-    unshare --pid --fork --mount-proc --kill-child bash "$0" --inner "$@" &
+    # PID 1 runs as `tini` (a symlink to this script; #!/bin/bash so comm is the exec'd name),
+    # like a container init: the runner's abandoned browsers are double-forked to it, and the
+    # sidecar judges a browser first seen under a known init as orphaned.
+    ln -sf "$(readlink -f "$0")" "$BENCH_OUT/tini"
+    unshare --pid --fork --mount-proc --kill-child "$BENCH_OUT/tini" --inner "$@" &
     up=$!
     trap 'kill -KILL "$up" 2>/dev/null || true' EXIT
     trap 'exit 130' INT TERM
