@@ -61,6 +61,25 @@ pub fn serve(
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) {
+    accept_loop(listener, tracker, stop, Some(CONNECTION_MAX), move |req| {
+        let r = respond(&metrics, &req);
+        async move { Ok::<_, Infallible>(r) }
+    });
+}
+
+/// Accept HTTP/1 connections until `stop`, each a task on `tracker` answered by `handle`, with a
+/// header-read timeout, an optional whole-connection deadline, and a graceful close on `stop`.
+/// Shared by `/metrics` and the embedded site.
+pub fn accept_loop<H, Fut>(
+    listener: TcpListener,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+    deadline: Option<Duration>,
+    handle: H,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let conn_tracker = tracker.clone();
     tracker.spawn(async move {
         loop {
@@ -69,21 +88,23 @@ pub fn serve(
                 a = listener.accept() => a,
             };
             let Ok((stream, _)) = accepted else { continue };
-            let metrics = metrics.clone();
+            let handle = handle.clone();
             let stop = stop.clone();
             conn_tracker.spawn(async move {
-                let svc = service_fn(move |req| {
-                    let r = respond(&metrics, &req);
-                    async move { Ok::<_, Infallible>(r) }
-                });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
+                    .serve_connection(TokioIo::new(stream), service_fn(handle));
                 tokio::pin!(conn);
+                let deadline = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = conn.as_mut() => {}
-                    _ = tokio::time::sleep(CONNECTION_MAX) => {}
+                    _ = deadline => {}
                     _ = stop.cancelled() => {
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;

@@ -19,10 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +30,6 @@ const SLOW_DEFAULT_MS: u64 = 1500;
 const SLOW_MAX_MS: u64 = 30_000;
 /// A hung request is released at shutdown at the latest; this bounds it otherwise.
 const HANG_MAX: Duration = Duration::from_secs(600);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Pages {
     index: Bytes,
@@ -183,33 +179,10 @@ pub async fn start(
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let pages = Arc::new(Pages::build());
-    let conn_tracker = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let Ok((stream, _)) = accepted else { continue };
-            let pages = pages.clone();
-            let stop = stop.clone();
-            conn_tracker.spawn(async move {
-                let svc_stop = stop.clone();
-                let svc = service_fn(move |req| handle(pages.clone(), svc_stop.clone(), req));
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                    }
-                }
-            });
-        }
+    // No connection deadline: `/hang` must hang until the client gives up (the hang-server fault).
+    let svc_stop = stop.clone();
+    crate::http::accept_loop(listener, tracker, stop, None, move |req| {
+        handle(pages.clone(), svc_stop.clone(), req)
     });
     Ok(addr)
 }
