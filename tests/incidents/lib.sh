@@ -255,7 +255,21 @@ prom_start() {
   PROM_PID=$!
   PROM=127.0.0.1:$port
   wait_until "Prometheus ready" 30 curl -fs -o /dev/null "http://$PROM/-/ready"
+  # Ready is not scraping: Prometheus's discovery manager hands the first target set to the
+  # scrape manager up to 5 s after start, whatever scrape_interval says. A process that lives
+  # only a few seconds after `ready` (a bot run) can end before its first scrape. Wait until
+  # every target has been tried once (health up or down, no longer "unknown").
+  wait_until "Prometheus to start scraping its targets" 30 _prom_scraping "$#"
   say "prometheus: http://$PROM (scrape 1s, rules from alerts/ with for: 0s)"
+}
+_prom_scraping() {
+  curl -fs "http://$PROM/api/v1/targets" | jq -e --argjson n "$1" \
+    '.data.activeTargets | length == $n and all(.health != "unknown")' >/dev/null
+}
+# prom_scraped JOB — Prometheus has at least one successful scrape of JOB.
+prom_scraped() {
+  prom_query "max_over_time(up{job=\"$1\"}[1h]) == 1" |
+    jq -e '.data.result | length > 0' >/dev/null
 }
 # prom_query EXPR — instant query, JSON.
 prom_query() { curl -fs "http://$PROM/api/v1/query" --data-urlencode "query=$1"; }
