@@ -17,6 +17,10 @@ CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 STEP_MIB=${STEP_MIB:-10}
 TERMINATE_ABOVE=${TERMINATE_ABOVE:-640MiB}
 
+# write_policy ACTION — the policy, with the runaway-worker rule's action. The replay starts with
+# `report` and arms `terminate` (a reload, SIGHUP) once it has shown the detection: the worker
+# grows 50 MiB/s, so an armed rule could end it before a slow machine shows the verdicts.
+write_policy() {
 cat >"$W/policy.yaml" <<YAML
 families:
   - name: chromium
@@ -40,7 +44,7 @@ rules:
     when:
       leak: { resource: memory, for: 2s }
       rss_above: $TERMINATE_ABOVE
-    action: terminate
+    action: $1
     grace: 2s
   - name: orphaned-browser-tree
     family: [chromium, crashpad]
@@ -55,6 +59,8 @@ stale_profiles:
   roots: ['$W']
   older_than: 1s
 YAML
+}
+write_policy report
 
 banner "runaway-worker: a server's worker grows without bound, a browser tree beneath it"
 ns_start "$W/policy.yaml"
@@ -92,6 +98,11 @@ _growing() {
 wait_until "a growing memory verdict on the worker" 30 _growing
 mark detected
 say "detected in $(between fault detected)s: the worker's memory is growing"
+# The family's total is judged on its own series, which began before the worker existed (zeros,
+# then a step when it started): its verdict comes a few samples later. Wait for it before the
+# snapshot that is checked, rather than racing it.
+_family_growing() { metric_cmp leakwarden_family_growing '==' 1 'family="worker"' 'resource="memory"'; }
+wait_until "the worker family's total judged growing" 30 _family_growing
 save_metrics metrics-detect.txt
 scan_json "$W/policy.yaml" >"$OUT/scan-detect.json"
 echo "\$ leakwarden scan   # who owns the browser tree, and that owner's whole subtree"
@@ -106,6 +117,10 @@ if [[ -n $PROM_PID ]]; then
 fi
 
 banner "the policy ends it: rule runaway-worker (growing and above $TERMINATE_ABOVE) → terminate"
+write_policy terminate
+"$LW" policy check "$W/policy.yaml" >/dev/null || die "invalid policy"
+kill -HUP "$INIT"
+say "rule runaway-worker armed (action: terminate; policy reloaded by SIGHUP)"
 _worker_gone() { ! ns_alive "$WORKER"; }
 wait_until "the rule to terminate the worker" 60 _worker_gone
 mark terminated
