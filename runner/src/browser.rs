@@ -198,13 +198,13 @@ impl Browser {
             .stat(spawned.pid)
             .ok()
             .flatten()
-            .map(|s| s.start_time)
+            .map(|s| s.start_ticks)
             .unwrap_or(0);
         let dead = CancellationToken::new();
         if let Some(fd) = spawned.pidfd.as_ref().and_then(|fd| fd.try_clone().ok()) {
             let dead = dead.clone();
             env.tasks.spawn(async move {
-                if let Ok(afd) = crate::sys::async_pidfd(fd) {
+                if let Ok(afd) = leakwarden_core::pidfd::async_pidfd(fd) {
                     let _ = afd.readable().await;
                 }
                 dead.cancel();

@@ -4,7 +4,7 @@
 //! - `GET /healthz` — `ok` while the runner runs.
 //!
 //! Headers must arrive within 10 s and a connection lives at most 60 s, so a stuck scraper
-//! cannot hold tasks.
+//! cannot hold tasks; idle clients cannot starve a scrape (see [`accept_loop`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,10 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -67,9 +64,11 @@ pub fn serve(
     });
 }
 
-/// Accept HTTP/1 connections until `stop`, each a task on `tracker` answered by `handle`, with a
-/// header-read timeout, an optional whole-connection deadline, and a graceful close on `stop`.
-/// Shared by `/metrics` and the embedded site.
+/// Serve HTTP/1 until `stop` through the shared, hardened front end
+/// ([`leakwarden_core::http`]: connections accepted at once, a header deadline, the quietest idle
+/// connection evicted at the cap, back-off when out of descriptors), as a task on `tracker`,
+/// each request answered by `handle`. `deadline` bounds a whole connection (`None`: the site's
+/// `/hang` must hang until the client gives up). Shared by `/metrics` and the embedded site.
 pub fn accept_loop<H, Fut>(
     listener: TcpListener,
     tracker: &TaskTracker,
@@ -80,37 +79,25 @@ pub fn accept_loop<H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    let conn_tracker = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let Ok((stream, _)) = accepted else { continue };
-            let handle = handle.clone();
-            let stop = stop.clone();
-            conn_tracker.spawn(async move {
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service_fn(handle));
-                tokio::pin!(conn);
-                let deadline = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = deadline => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                    }
+    let cfg = leakwarden_core::http::Config {
+        header_timeout: HEADER_READ_TIMEOUT,
+        connection_deadline: deadline,
+        ..leakwarden_core::http::Config::scrape_endpoint()
+    };
+    let stats = std::sync::Arc::new(leakwarden_core::http::Stats::default());
+    tracker.spawn(leakwarden_core::http::serve(
+        listener,
+        cfg,
+        stats,
+        move |req| {
+            let f = handle(req);
+            async move {
+                match f.await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
                 }
-            });
-        }
-    });
+            }
+        },
+        stop,
+    ));
 }

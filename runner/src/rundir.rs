@@ -46,7 +46,7 @@ impl RunDir {
         let me = rustix::process::getpid().as_raw_nonzero().get();
         let start_time = procfs
             .stat(me)?
-            .map(|s| s.start_time)
+            .map(|s| s.start_ticks)
             .ok_or_else(|| io::Error::other("cannot read own /proc stat"))?;
         let path = root.join(format!("{PREFIX}{me}-{start_time}"));
         std::fs::create_dir_all(root)?;
@@ -161,7 +161,7 @@ fn is_dead(dir: &Path, procfs: &Procfs) -> bool {
     }
     if let Some(m) = read_marker(dir) {
         if m.pid_ns == own_pid_ns() {
-            let alive = matches!(procfs.stat(m.pid), Ok(Some(s)) if s.start_time == m.start_time);
+            let alive = matches!(procfs.stat(m.pid), Ok(Some(s)) if s.start_ticks == m.start_time);
             if alive {
                 return false;
             }

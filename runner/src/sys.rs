@@ -70,17 +70,3 @@ fn cloexec_inherited() {
         );
     }
 }
-
-/// Register an owned pidfd with tokio's reactor, so the runner can await a process's exit
-/// (a pidfd becomes readable when its process exits).
-pub fn async_pidfd(
-    fd: std::os::fd::OwnedFd,
-) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
-    // SAFETY: `OwnedFd` owns the descriptor for the whole life of the `AsyncFd` and its
-    // `as_raw_fd` always returns that same descriptor — the requirement of
-    // `register_with_interest`.
-    unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            .map_err(Into::into)
-    }
-}

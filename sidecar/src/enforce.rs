@@ -388,6 +388,7 @@ pub struct Enforcer {
     engine: kill::Engine,
     limiter: RateLimiter,
     in_flight: HashSet<(i32, u64)>,
+    proc_root: PathBuf,
 }
 
 /// One acted-on verdict: what was decided and what happened to each target.
@@ -398,17 +399,20 @@ pub struct Enforced {
 }
 
 impl Enforcer {
-    pub fn new(policy: &Policy) -> Self {
+    /// An enforcer for targets judged under `proc_root` (the scanner's root).
+    pub fn new(policy: &Policy, proc_root: &std::path::Path) -> Self {
         Self {
-            engine: kill::Engine::new(),
+            engine: kill::Engine::new(proc_root, policy.protect.clone()),
             limiter: RateLimiter::new(policy.max_kills_per_minute),
             in_flight: HashSet::new(),
+            proc_root: proc_root.to_path_buf(),
         }
     }
 
-    /// Take a new policy's limits (on reload).
+    /// Take a new policy's limits and protect list (on reload).
     pub fn update(&mut self, policy: &Policy) {
         self.limiter.set_limit(policy.max_kills_per_minute);
+        self.engine = kill::Engine::new(&self.proc_root, policy.protect.clone());
     }
 
     /// Decide what to do with each acting verdict, without signalling yet: protection, dry-run,
@@ -732,7 +736,7 @@ mod tests {
         let v = evaluate(&p, &facts);
         assert_eq!(v.len(), 4);
 
-        let mut e = Enforcer::new(&p);
+        let mut e = Enforcer::new(&p, std::path::Path::new("/proc"));
         let (plans, done) = e.plan(&p, &facts, &v, true);
         assert!(plans.is_empty());
         let labels: Vec<(i32, &str)> = done
@@ -749,7 +753,7 @@ mod tests {
             ]
         );
 
-        let mut e = Enforcer::new(&p);
+        let mut e = Enforcer::new(&p, std::path::Path::new("/proc"));
         let (plans, done) = e.plan(&p, &facts, &v, false);
         assert_eq!(
             plans.iter().map(|p| p.targets[0].pid).collect::<Vec<_>>(),

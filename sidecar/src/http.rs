@@ -5,34 +5,31 @@
 //! - `GET /healthz` — 200 while the process serves.
 //! - `GET /readyz` — 200 once the first complete scan is done, 503 before.
 //!
-//! Every connection has a header-read timeout and a whole-connection deadline; at most
-//! [`MAX_CONNECTIONS`] are served at once (more wait in the kernel's backlog). Connections are
-//! tasks in a `JoinSet` owned by the server, aborted on shutdown.
+//! Served by the shared front end ([`leakwarden_core::http`]): connections are accepted at once
+//! whatever else is open, headers must arrive within 3 s, the quietest idle connection makes room
+//! at the cap (a quarter of `RLIMIT_NOFILE`, 64…1024), so idle or slow clients cannot starve a
+//! scrape or a probe.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use leakwarden_core::http::{Config, Stats};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+pub use leakwarden_core::http::bind;
 
 /// What the endpoints serve.
 #[derive(Debug, Default)]
 pub struct State {
     metrics: RwLock<Bytes>,
     ready: AtomicBool,
+    /// What the front end did (connections evicted, refused, …), for the metrics.
+    pub http: Arc<Stats>,
 }
 
 impl State {
@@ -52,55 +49,20 @@ impl State {
     }
 }
 
-/// Bind the listener (so a bad address fails at start-up, before any scan).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serve until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Reap finished connection tasks as we go.
-        while conns.try_join_next().is_some() {}
-        let state = state.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            if tokio::time::timeout(CONNECTION_DEADLINE, conn)
-                .await
-                .is_err()
-            {
-                tracing::debug!("connection deadline reached");
-            }
-        });
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
+    let stats = state.http.clone();
+    leakwarden_core::http::serve(
+        listener,
+        Config::scrape_endpoint(),
+        stats,
+        move |req| {
+            let state = state.clone();
+            async move { route(&state, req) }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -1,35 +1,36 @@
-//! The kill engine: the one place in leakwarden that signals a process.
+//! The sidecar's kill path — the one place in leakwarden that signals a process. It is the shared
+//! engine ([`leakwarden_core::kill`]: pidfd opened before the start time is re-checked, SIGTERM
+//! through the pidfd, SIGKILL after grace, `process_mrelease`) with the policy's side on top:
 //!
-//! A PID alone names nothing: between the scan that judged a process and the signal, the process
-//! can exit and its PID be given to another. So every kill goes:
-//!
-//! 1. refuse PID ≤ 1, the sidecar itself, and PIDs the caller protects;
-//! 2. `pidfd_open(pid)` — from here on the fd names one process, whatever happens to the PID;
-//! 3. re-read `/proc/PID/stat` and compare the start time with the judged one: if the process the
-//!    pidfd names is not the judged process, drop it (`IdentityChanged`). The pidfd was opened
-//!    before this read, so a reuse after the read cannot fool us;
-//! 4. `pidfd_send_signal(SIGTERM)`, wait for exit on the pidfd (it becomes readable when the
-//!    process exits) until `grace` runs out;
-//! 5. `pidfd_send_signal(SIGKILL)` to what is left, then `process_mrelease(pidfd)` so a large
-//!    victim's memory is freed at once (as earlyoom does), and wait again with a deadline.
-//!
-//! Signals are never sent by PID or process group (`kill(2)`): no `kill(0, …)`, no `kill(-1, …)`.
-//! Every target's result is an audit event (target `leakwarden::audit`) and an [`Outcome`] the
-//! caller counts in `leakwarden_kills_total{rule,outcome}`.
+//! - the **protect list applies to every signal**: right before signalling, with the pidfd open,
+//!   the target's comm, executable, *whole* command line and uid are read afresh and matched
+//!   against `protect` ([`ProtectGuard`]). A fact that cannot be read (permission denied, a read
+//!   that blocks) counts as a match: what cannot be checked is not signalled. This covers a
+//!   kill-tree's non-family descendants too, which no scan classified;
+//! - PID ≤ 1 and the sidecar itself are never signalled; neither is anything when `--proc-root`
+//!   is another PID namespace's `/proc` (its PIDs would name other processes here);
+//! - every target's result is an audit event (target `leakwarden::audit`) and an [`Outcome`] the
+//!   caller counts in `leakwarden_kills_total{rule,outcome}`.
 
-use std::collections::HashSet;
-use std::fmt;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::io::Errno;
-use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
-use tokio::io::unix::AsyncFd;
+use leakwarden_core::kill::{Engine as Core, Guard};
+use leakwarden_core::pidfd::Identity;
+use leakwarden_core::proc::{guarded::Guarded, ProcFs, ReadError, READ_MAX};
+
+pub use leakwarden_core::kill::Outcome;
+pub use leakwarden_core::pidfd::async_pidfd;
+
+use crate::policy::Matcher;
 
 /// How long to wait for a process to go after SIGKILL before calling the kill failed. A SIGKILLed
 /// process normally exits in milliseconds; one stuck in uninterruptible sleep (D state) may not.
 pub const SIGKILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the protect check may spend reading one target's command line.
+const PROTECT_READ_DEADLINE: Duration = Duration::from_millis(500);
 
 /// A process as judged by a scan: its PID and its start time (clock ticks after boot, field 22 of
 /// `/proc/PID/stat`). Together they name one process for the life of the system.
@@ -43,54 +44,11 @@ pub struct Target {
     pub family: Option<String>,
 }
 
-/// What happened to one target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Exited after SIGTERM within the grace period.
-    Terminated,
-    /// Needed SIGKILL.
-    Killed,
-    /// Already gone when we came to it (nothing was signalled).
-    Gone,
-    /// The PID now names another process (different start time); nothing was signalled.
-    IdentityChanged,
-    /// PID 1, the sidecar itself, or protected by the caller; nothing was signalled.
-    Protected,
-    /// Would have been signalled, but the policy is in dry-run mode.
-    DryRun,
-    /// Not attempted: the kill rate limit was reached.
-    RateLimited,
-    /// Signalling failed or the process survived SIGKILL; the message says why.
-    Failed(String),
-}
-
-impl Outcome {
-    /// The `outcome` label value of `leakwarden_kills_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Terminated => "terminated",
-            Outcome::Killed => "killed",
-            Outcome::Gone | Outcome::IdentityChanged => "skipped",
-            Outcome::Protected => "protected",
-            Outcome::DryRun => "dry_run",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Failed(_) => "failed",
-        }
-    }
-
-    /// True when the target no longer runs because of us.
-    pub fn ended(&self) -> bool {
-        matches!(self, Outcome::Terminated | Outcome::Killed)
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Gone => f.write_str("skipped (already gone)"),
-            Outcome::IdentityChanged => f.write_str("skipped (PID reused by another process)"),
-            Outcome::Failed(why) => write!(f, "failed ({why})"),
-            other => f.write_str(other.label()),
+impl Target {
+    pub fn id(&self) -> Identity {
+        Identity {
+            pid: self.pid,
+            start_ticks: self.start_ticks,
         }
     }
 }
@@ -103,37 +61,131 @@ pub struct Context<'a> {
     pub reason: &'a str,
 }
 
-/// The engine. Cheap to construct; holds no open descriptors between calls.
+/// The policy's `protect` list, checked on fresh facts at signal time.
 #[derive(Debug, Clone)]
+pub struct ProtectGuard {
+    matchers: Vec<Matcher>,
+    reader: Guarded,
+}
+
+impl ProtectGuard {
+    pub fn new(matchers: Vec<Matcher>) -> Self {
+        ProtectGuard {
+            matchers,
+            reader: Guarded::new(PROTECT_READ_DEADLINE, 2),
+        }
+    }
+}
+
+/// A fact read for the protect check: known, or unknown (which protects).
+type Fact = Result<String, ReadError>;
+
+impl Guard for ProtectGuard {
+    fn check(&self, procfs: &ProcFs, id: Identity) -> Result<(), String> {
+        if self.matchers.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let comm: Fact = procfs.stat(id.pid, &mut buf).map(|s| s.comm);
+        let uid = procfs.uid(id.pid);
+        let needs = |f: fn(&Matcher) -> bool| self.matchers.iter().any(f);
+        let exe: Option<Fact> = needs(|m| m.exe.is_some()).then(|| procfs.exe(id.pid));
+        let cmdline: Option<Fact> = needs(|m| m.cmdline.is_some()).then(|| {
+            self.reader
+                .read(procfs.pid_path(id.pid, "cmdline"), READ_MAX)
+                .map(|b| leakwarden_core::proc::parse_cmdline(&b).join(" "))
+        });
+        for (i, m) in self.matchers.iter().enumerate() {
+            match protect_match(m, &comm, exe.as_ref(), cmdline.as_ref(), &uid) {
+                Some(false) => {}
+                Some(true) => return Err(format!("protect matcher {} matches", i + 1)),
+                None => {
+                    return Err(format!(
+                        "protect matcher {} cannot be checked (a fact is unreadable)",
+                        i + 1
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Some(true): matches; Some(false): does not; None: a fact it needs is unknown.
+fn protect_match(
+    m: &Matcher,
+    comm: &Fact,
+    exe: Option<&Fact>,
+    cmdline: Option<&Fact>,
+    uid: &Result<u32, ReadError>,
+) -> Option<bool> {
+    let field = |pat: &Option<crate::policy::Pattern>, fact: Option<&Fact>| -> Option<bool> {
+        match pat {
+            None => Some(true),
+            Some(p) => match fact {
+                Some(Ok(v)) => Some(p.is_match(v)),
+                _ => None,
+            },
+        }
+    };
+    let checks = [
+        field(&m.comm, Some(comm)),
+        field(&m.exe, exe),
+        field(&m.cmdline, cmdline),
+        match (m.uid, uid) {
+            (None, _) => Some(true),
+            (Some(want), Ok(got)) => Some(want == *got),
+            (Some(_), Err(_)) => None,
+        },
+    ];
+    // Every field must match: one definite "no" settles it; otherwise any unknown is unknown.
+    if checks.contains(&Some(false)) {
+        Some(false)
+    } else if checks.contains(&None) {
+        None
+    } else {
+        Some(true)
+    }
+}
+
+/// The engine. Cheap to clone; holds no open descriptors between calls.
+#[derive(Clone)]
 pub struct Engine {
-    proc_root: PathBuf,
-    self_pid: i32,
-    protected: HashSet<i32>,
+    core: Core,
+    guard: Arc<dyn Guard>,
+    /// Why nothing may be signalled at all (a `/proc` root of another PID namespace).
+    refuse_all: Option<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("proc_root", &self.core.procfs().root())
+            .field("refuse_all", &self.refuse_all)
+            .finish()
+    }
 }
 
 impl Default for Engine {
     fn default() -> Self {
-        Self::new()
+        Self::new(Path::new("/proc"), Vec::new())
     }
 }
 
 impl Engine {
-    pub fn new() -> Self {
-        Self {
-            proc_root: PathBuf::from("/proc"),
-            self_pid: std::process::id() as i32,
-            protected: HashSet::new(),
+    /// An engine that judges identities under `proc_root` (the scanner's root) and never signals
+    /// what `protect` matches.
+    pub fn new(proc_root: &Path, protect: Vec<Matcher>) -> Self {
+        let procfs = ProcFs::new(proc_root);
+        let refuse_all = same_pid_namespace(&procfs).err();
+        if let Some(why) = &refuse_all {
+            tracing::warn!(%why, "kills are disabled");
         }
-    }
-
-    /// Never signal these PIDs (besides PID ≤ 1 and the sidecar itself, always refused).
-    pub fn protect_pids(mut self, pids: impl IntoIterator<Item = i32>) -> Self {
-        self.protected.extend(pids);
-        self
-    }
-
-    fn is_protected(&self, pid: i32) -> bool {
-        pid <= 1 || pid == self.self_pid || self.protected.contains(&pid)
+        Engine {
+            core: Core::new(procfs),
+            guard: Arc::new(ProtectGuard::new(protect)),
+            refuse_all,
+        }
     }
 
     /// End every target: SIGTERM all, wait up to `grace`, SIGKILL what is left. With a zero
@@ -146,43 +198,15 @@ impl Engine {
         grace: Duration,
     ) -> Vec<Outcome> {
         let started = Instant::now();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; targets.len()];
-        let mut live: Vec<(usize, AsyncFd<OwnedFd>)> = Vec::new();
-
-        for (i, t) in targets.iter().enumerate() {
-            match self.open_verified(t) {
-                Ok(fd) => live.push((i, fd)),
-                Err(o) => outcomes[i] = Some(o),
+        let outcomes = match &self.refuse_all {
+            Some(why) => vec![Outcome::Failed(why.clone()); targets.len()],
+            None => {
+                let ids: Vec<Identity> = targets.iter().map(Target::id).collect();
+                self.core
+                    .terminate(&ids, grace, SIGKILL_WAIT, self.guard.clone())
+                    .await
             }
-        }
-
-        let first = if grace.is_zero() {
-            Signal::KILL
-        } else {
-            Signal::TERM
         };
-        signal_all(&mut live, &mut outcomes, first);
-        if first == Signal::TERM {
-            let deadline = tokio::time::Instant::now() + grace;
-            wait_exits(&mut live, &mut outcomes, deadline, Outcome::Terminated).await;
-            signal_all(&mut live, &mut outcomes, Signal::KILL);
-        }
-        for (_, fd) in &live {
-            sys::process_mrelease(fd.get_ref());
-        }
-        let deadline = tokio::time::Instant::now() + SIGKILL_WAIT;
-        wait_exits(&mut live, &mut outcomes, deadline, Outcome::Killed).await;
-        for (i, _) in live.drain(..) {
-            outcomes[i] = Some(Outcome::Failed(format!(
-                "still running {}s after SIGKILL",
-                SIGKILL_WAIT.as_secs()
-            )));
-        }
-
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Failed("no outcome recorded".into())))
-            .collect();
         for (t, o) in targets.iter().zip(&outcomes) {
             audit(ctx, t, o, started.elapsed());
         }
@@ -194,7 +218,7 @@ impl Engine {
         targets
             .iter()
             .map(|t| {
-                let o = if self.is_protected(t.pid) {
+                let o = if t.pid <= 1 || t.pid == std::process::id() as i32 {
                     Outcome::Protected
                 } else {
                     outcome.clone()
@@ -204,79 +228,27 @@ impl Engine {
             })
             .collect()
     }
-
-    /// Open a pidfd on the target and check that it names the judged process.
-    fn open_verified(&self, t: &Target) -> Result<AsyncFd<OwnedFd>, Outcome> {
-        if self.is_protected(t.pid) {
-            return Err(Outcome::Protected);
-        }
-        let pid = Pid::from_raw(t.pid).ok_or(Outcome::Protected)?;
-        let fd = match pidfd_open(pid, PidfdFlags::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::SRCH) => return Err(Outcome::Gone),
-            Err(e) => return Err(Outcome::Failed(format!("pidfd_open: {e}"))),
-        };
-        // Read the start time *after* opening the pidfd: if it matches now, the pidfd names the
-        // judged process (a PID is only reused once its old owner has been reaped).
-        match read_start_ticks(&self.proc_root, t.pid) {
-            Ok(Some(ticks)) if ticks == t.start_ticks => {}
-            Ok(Some(_)) => return Err(Outcome::IdentityChanged),
-            Ok(None) => return Err(Outcome::Gone),
-            Err(e) => {
-                return Err(Outcome::Failed(format!(
-                    "re-reading /proc/{}/stat: {e}",
-                    t.pid
-                )))
-            }
-        }
-        async_pidfd(fd).map_err(|e| Outcome::Failed(format!("registering pidfd: {e}")))
-    }
 }
 
-fn signal_all(
-    live: &mut Vec<(usize, AsyncFd<OwnedFd>)>,
-    outcomes: &mut [Option<Outcome>],
-    sig: Signal,
-) {
-    live.retain(|(i, fd)| match pidfd_send_signal(fd.get_ref(), sig) {
-        Ok(()) => true,
-        // Exited between our checks and the signal: it is gone, and not by our hand.
-        Err(Errno::SRCH) => {
-            outcomes[*i] = Some(if sig == Signal::KILL {
-                Outcome::Terminated
-            } else {
-                Outcome::Gone
-            });
-            false
-        }
-        Err(e) => {
-            outcomes[*i] = Some(Outcome::Failed(format!("pidfd_send_signal: {e}")));
-            false
-        }
-    });
-}
-
-/// Wait until each pidfd is readable (its process exited) or the deadline passes; those that
-/// exited get `exited_as` and leave `live`.
-async fn wait_exits(
-    live: &mut Vec<(usize, AsyncFd<OwnedFd>)>,
-    outcomes: &mut [Option<Outcome>],
-    deadline: tokio::time::Instant,
-    exited_as: Outcome,
-) {
-    let mut pending = std::mem::take(live);
-    let results = futures::future::join_all(pending.iter().map(|(_, fd)| async move {
-        tokio::time::timeout_at(deadline, fd.readable())
-            .await
-            .is_ok()
-    }))
-    .await;
-    for ((i, fd), exited) in pending.drain(..).zip(results) {
-        if exited {
-            outcomes[i] = Some(exited_as.clone());
-        } else {
-            live.push((i, fd));
-        }
+/// PIDs under `procfs`'s root mean the same processes as PIDs here only if it is this process's
+/// PID namespace's view: its `self` must be us.
+fn same_pid_namespace(procfs: &ProcFs) -> Result<(), String> {
+    let me = std::process::id() as i32;
+    let mut buf = Vec::new();
+    let root = procfs.root().display();
+    let stat =
+        leakwarden_core::proc::read_bounded(&procfs.root().join("self/stat"), &mut buf, 4096)
+            .ok()
+            .and_then(|()| leakwarden_core::proc::parse_stat(&buf));
+    match stat {
+        Some(s) if s.pid == me => Ok(()),
+        Some(s) => Err(format!(
+            "{root} is another PID namespace's /proc (we are PID {} there, {me} here): its PIDs are not ours to signal",
+            s.pid
+        )),
+        None => Err(format!(
+            "{root} has no view of this process (another PID namespace's /proc, or not a /proc): its PIDs are not ours to signal"
+        )),
     }
 }
 
@@ -306,53 +278,11 @@ fn audit(ctx: &Context<'_>, t: &Target, o: &Outcome, elapsed: Duration) {
     );
 }
 
-/// Start time (field 22, clock ticks after boot) of `/proc/PID/stat`; `None` if the process is
-/// gone. comm (field 2) may hold spaces and parentheses: fields are counted after the last `)`.
+/// Start time of `/proc/PID/stat` under `proc_root`; `None` if the process is gone.
 pub fn read_start_ticks(proc_root: &Path, pid: i32) -> std::io::Result<Option<u64>> {
-    let text = match std::fs::read(proc_root.join(pid.to_string()).join("stat")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    parse_start_ticks(&text)
-        .map(Some)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed stat"))
-}
-
-fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    // After ")": state is field 3, so start time (field 22) is the 20th token.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
-}
-
-/// Register a pidfd with tokio's reactor: it becomes readable when the process exits. Shared
-/// with the watch loop, which holds pidfds on tree owners between scans.
-pub fn async_pidfd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
-    sys::register(fd)
-}
-
-/// The unsafe calls, each with its reason.
-#[allow(unsafe_code)]
-mod sys {
-    use std::os::fd::{AsRawFd, OwnedFd};
-    use tokio::io::unix::AsyncFd;
-    use tokio::io::Interest;
-
-    pub fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
-        // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
-        // names the same pidfd until the AsyncFd is dropped; OwnedFd::as_raw_fd is stable.
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into())
-    }
-
-    /// Ask the kernel to reap a SIGKILLed process's memory now rather than when it finishes
-    /// exiting. Best effort: older kernels (< 5.15) answer ENOSYS, and a process already gone
-    /// answers ESRCH; neither matters.
-    pub fn process_mrelease(pidfd: &OwnedFd) {
-        // SAFETY: process_mrelease takes an fd and a flags word (must be 0); no memory is passed.
-        let _ = unsafe { libc::syscall(libc::SYS_process_mrelease, pidfd.as_raw_fd(), 0u32) };
-    }
+    ProcFs::new(proc_root)
+        .start_ticks(pid)
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
@@ -367,12 +297,14 @@ mod tests {
             .arg(cmd)
             .process_group(0)
             .spawn()
-            .unwrap()
+            .expect("spawn")
     }
 
     fn target_of(child: &Child) -> Target {
         let pid = child.id() as i32;
-        let start_ticks = read_start_ticks(Path::new("/proc"), pid).unwrap().unwrap();
+        let start_ticks = read_start_ticks(Path::new("/proc"), pid)
+            .expect("stat")
+            .expect("alive");
         Target {
             pid,
             start_ticks,
@@ -389,145 +321,98 @@ mod tests {
         }
     }
 
-    fn exited(child: &mut Child) -> bool {
-        // Give the reaper a moment: the pidfd is readable at exit, before we reap.
-        for _ in 0..50 {
-            if child.try_wait().unwrap().is_some() {
-                return true;
+    fn matcher(yaml: &str) -> Matcher {
+        serde_norway::from_str(yaml).expect("matcher")
+    }
+
+    #[tokio::test]
+    async fn protect_is_checked_on_the_whole_command_line_at_signal_time() {
+        // The marker sits past 4 KiB of arguments: a scan's display copy would not hold it.
+        let pad = "x".repeat(5000);
+        let mut child = Command::new("python3")
+            .args(["-c", "import time; time.sleep(60)", &pad, "keep-me-marker"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let t = target_of(&child);
+        let e = Engine::new(
+            Path::new("/proc"),
+            vec![matcher("cmdline: 'keep-me-marker'")],
+        );
+        let out = e.kill(&ctx(), &[t], Duration::ZERO).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(out, vec![Outcome::Protected]);
+    }
+
+    #[tokio::test]
+    async fn an_unprotected_target_is_ended_and_exe_protect_matches_without_a_family() {
+        let mut a = spawn("exec sleep 60");
+        // Until the shell has exec'd, the executable is the shell's.
+        let exe = format!("/proc/{}/exe", a.id());
+        for _ in 0..500 {
+            if std::fs::read_link(&exe).is_ok_and(|p| p.ends_with("sleep")) {
+                break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
-        false
-    }
-
-    #[test]
-    fn start_time_is_parsed_after_the_last_paren() {
-        let stat = b"42 (a) (b) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_ticks(stat), Some(987654));
-        let stat = b"42 (new\nline) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 55 1000 10";
-        assert_eq!(parse_start_ticks(stat), Some(55));
-        assert_eq!(parse_start_ticks(b"42 (truncated"), None);
-        assert_eq!(parse_start_ticks(b"42 (x) S 1 2"), None);
-    }
-
-    #[tokio::test]
-    async fn sigterm_ends_a_cooperative_process() {
-        let mut child = spawn("exec sleep 60");
-        let t = target_of(&child);
-        let out = Engine::new()
-            .kill(&ctx(), &[t], Duration::from_secs(5))
-            .await;
-        assert_eq!(out, vec![Outcome::Terminated]);
-        assert!(exited(&mut child));
-    }
-
-    #[tokio::test]
-    async fn a_process_ignoring_sigterm_is_sigkilled_after_grace() {
-        let mut child = spawn("trap '' TERM; while :; do sleep 0.05; done");
-        std::thread::sleep(Duration::from_millis(100)); // let the trap be installed
-        let t = target_of(&child);
-        let begun = Instant::now();
-        let out = Engine::new()
-            .kill(&ctx(), &[t], Duration::from_millis(300))
-            .await;
-        assert_eq!(out, vec![Outcome::Killed]);
-        assert!(begun.elapsed() >= Duration::from_millis(300));
-        assert!(exited(&mut child));
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
-    }
-
-    #[tokio::test]
-    async fn a_different_start_time_means_another_process_and_nothing_is_signalled() {
-        let mut child = spawn("exec sleep 60");
-        let mut t = target_of(&child);
-        // The judged process had this PID but another start time: the PID was reused.
-        t.start_ticks += 1;
-        let out = Engine::new().kill(&ctx(), &[t], Duration::ZERO).await;
-        assert_eq!(out, vec![Outcome::IdentityChanged]);
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the live process must survive"
+        let ta = target_of(&a);
+        let e = Engine::new(Path::new("/proc"), vec![matcher("exe: '/sleep$'")]);
+        assert_eq!(
+            e.kill(&ctx(), &[ta], Duration::ZERO).await,
+            vec![Outcome::Protected]
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[tokio::test]
-    async fn pid_1_self_and_protected_pids_are_never_signalled() {
-        let mut child = spawn("exec sleep 60");
-        let t = target_of(&child);
-        let me = Target {
-            pid: std::process::id() as i32,
-            start_ticks: read_start_ticks(Path::new("/proc"), std::process::id() as i32)
-                .unwrap()
-                .unwrap(),
-            comm: "self".into(),
-            family: None,
-        };
-        let init = Target {
-            pid: 1,
-            start_ticks: 0,
-            comm: "init".into(),
-            family: None,
-        };
-        let zero = Target {
-            pid: 0,
-            start_ticks: 0,
-            comm: "group".into(),
-            family: None,
-        };
-        let neg = Target {
-            pid: -5,
-            start_ticks: 0,
-            comm: "group".into(),
-            family: None,
-        };
-        let engine = Engine::new().protect_pids([t.pid]);
-        let out = engine
-            .kill(&ctx(), &[init, me, zero, neg, t], Duration::ZERO)
-            .await;
-        assert!(out.iter().all(|o| *o == Outcome::Protected), "{out:?}");
-        assert!(child.try_wait().unwrap().is_none());
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_process_already_gone_is_skipped() {
-        let mut child = spawn("exit 0");
-        let t = target_of(&child);
-        child.wait().unwrap();
-        let out = Engine::new().kill(&ctx(), &[t], Duration::ZERO).await;
-        assert_eq!(out, vec![Outcome::Gone]);
-    }
-
-    #[tokio::test]
-    async fn many_targets_are_ended_together_within_one_grace() {
-        let mut kids: Vec<Child> = (0..8).map(|_| spawn("exec sleep 60")).collect();
-        let targets: Vec<Target> = kids.iter().map(target_of).collect();
-        let begun = Instant::now();
-        let out = Engine::new()
-            .kill(&ctx(), &targets, Duration::from_secs(5))
-            .await;
-        assert!(out.iter().all(|o| *o == Outcome::Terminated), "{out:?}");
-        assert!(
-            begun.elapsed() < Duration::from_secs(5),
-            "waits run in parallel"
+        let e = Engine::new(
+            Path::new("/proc"),
+            vec![matcher("exe: '/nothing-like-this$'")],
         );
-        for k in &mut kids {
-            assert!(exited(k));
-        }
+        assert_eq!(
+            e.kill(&ctx(), &[target_of(&a)], Duration::from_secs(5))
+                .await,
+            vec![Outcome::Terminated]
+        );
+        let _ = a.wait();
+    }
+
+    #[tokio::test]
+    async fn a_proc_root_of_another_namespace_refuses_every_kill() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = spawn("exec sleep 60");
+        let t = target_of(&c);
+        let e = Engine::new(d.path(), Vec::new());
+        let out = e.kill(&ctx(), &[t], Duration::ZERO).await;
+        assert!(
+            matches!(&out[0], Outcome::Failed(why) if why.contains("not ours to signal")),
+            "{out:?}"
+        );
+        assert!(c.try_wait().expect("try_wait").is_none(), "it must survive");
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     #[test]
     fn record_does_not_signal_and_labels_outcomes() {
         let mut child = spawn("exec sleep 60");
         let t = target_of(&child);
-        let out = Engine::new().record(&ctx(), &[t], Outcome::DryRun);
+        let out = Engine::default().record(&ctx(), &[t], Outcome::DryRun);
         assert_eq!(out[0].label(), "dry_run");
-        assert!(child.try_wait().unwrap().is_none());
-        child.kill().unwrap();
-        child.wait().unwrap();
+        assert!(child.try_wait().expect("try_wait").is_none());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn unknown_facts_protect() {
+        let m = matcher("cmdline: 'x'");
+        let comm: Fact = Ok("a".into());
+        let denied: Fact = Err(ReadError::Denied);
+        assert_eq!(protect_match(&m, &comm, None, Some(&denied), &Ok(0)), None);
+        let m = matcher("{comm: '^b$', cmdline: 'x'}");
+        assert_eq!(
+            protect_match(&m, &comm, None, Some(&denied), &Ok(0)),
+            Some(false),
+            "a definite mismatch on comm settles it"
+        );
     }
 }

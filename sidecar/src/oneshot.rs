@@ -37,7 +37,7 @@ pub async fn cleanup(policy: &Policy, proc_root: &Path, kill: bool) -> Result<Re
     let dry = cleanup::effective_dry_run(policy, kill);
     let facts = a.facts();
     let verdicts = enforce::evaluate(policy, &facts);
-    let mut enforcer = Enforcer::new(policy);
+    let mut enforcer = Enforcer::new(policy, proc_root);
     let (plans, mut done) = enforcer.plan(policy, &facts, &verdicts, dry);
     let mut set = tokio::task::JoinSet::new();
     for p in plans {

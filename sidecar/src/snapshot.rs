@@ -14,15 +14,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::policy::{FamilyKind, Policy};
-use crate::proc::{self, MemInfo, ProcFs, ReadError};
+use crate::proc::{self, guarded::Guarded, MemInfo, ProcFs, ReadError};
 
 /// Processes younger than this are not cached: a zygote-forked renderer shows the zygote's
 /// command line until it rewrites its own.
 const CACHE_MIN_AGE: Duration = Duration::from_secs(2);
 /// The soft RLIMIT_NOFILE of a family process is re-read this often.
 const LIMIT_TTL: Duration = Duration::from_secs(30);
-/// Command lines are kept for display and matching up to this length.
-const CMDLINE_MAX: usize = 4096;
+/// Command lines are kept for display up to this length (matching uses the whole line, and the
+/// kill engine's protect check re-reads it whole at signal time).
+const CMDLINE_DISPLAY_MAX: usize = 4096;
+/// A `/proc/PID/cmdline` read that takes longer than this is given up (the process holds its
+/// memory-map lock, e.g. stuck behind a hung mount) and the process is skipped as `blocked`.
+const CMDLINE_DEADLINE: Duration = Duration::from_millis(500);
+/// At most this many reader threads may be stuck in such reads at once.
+const MAX_STUCK_READERS: usize = 4;
 
 /// What never changes while a process runs one program: who it is in the policy's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,13 +84,17 @@ impl Proc {
     }
 }
 
-/// Processes skipped during one scan, by reason.
+/// Processes skipped during one scan, by reason; `fds_unreadable` counts processes kept without
+/// an FD count (another user's `fd/` without CAP_SYS_PTRACE), whose FDs are then unknown — never
+/// taken as 0.
 #[derive(Debug, Clone, Default)]
 pub struct Skipped {
     pub vanished: u64,
     pub permission_denied: u64,
     pub malformed: u64,
     pub io_error: u64,
+    pub blocked: u64,
+    pub fds_unreadable: u64,
 }
 
 impl Skipped {
@@ -94,14 +104,17 @@ impl Skipped {
             ReadError::Denied => self.permission_denied += 1,
             ReadError::Malformed { .. } => self.malformed += 1,
             ReadError::Io(_) => self.io_error += 1,
+            ReadError::Blocked => self.blocked += 1,
         }
     }
-    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
         [
             ("vanished", self.vanished),
             ("permission_denied", self.permission_denied),
             ("malformed", self.malformed),
             ("io_error", self.io_error),
+            ("blocked", self.blocked),
+            ("fds_unreadable", self.fds_unreadable),
         ]
     }
 }
@@ -174,6 +187,13 @@ pub struct Scanner {
     policy_generation: u64,
     scan_no: u64,
     buf: Vec<u8>,
+    /// cmdline reads, with a deadline.
+    guarded: Guarded,
+    /// Identities whose cmdline read blocked: not read again (they are skipped as `blocked`
+    /// while they live).
+    blocked: HashMap<(i32, u64), u64>,
+    /// Set per scan: processes kept without an FD count.
+    fds_unreadable: u64,
     /// Read cgroup paths of family members and derive pod UIDs (DaemonSet mode).
     pub pod_attribution: bool,
 }
@@ -189,6 +209,9 @@ impl Scanner {
             policy_generation: 0,
             scan_no: 0,
             buf: Vec::with_capacity(1024),
+            guarded: Guarded::new(CMDLINE_DEADLINE, MAX_STUCK_READERS),
+            blocked: HashMap::new(),
+            fds_unreadable: 0,
             pod_attribution: false,
         }
     }
@@ -224,6 +247,7 @@ impl Scanner {
         let read_all = policy.needs_exe_or_cmdline_for_all();
         let mut procs = Vec::with_capacity(pids.len());
         let mut skipped = Skipped::default();
+        self.fds_unreadable = 0;
         for pid in pids {
             match self.read_one(pid, policy, read_all, uptime) {
                 Ok(Some(p)) => procs.push(p),
@@ -233,6 +257,8 @@ impl Scanner {
         }
         let scan_no = self.scan_no;
         self.cache.retain(|_, c| c.seen == scan_no);
+        self.blocked.retain(|_, seen| *seen == scan_no);
+        skipped.fds_unreadable = self.fds_unreadable;
         let index = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
         let init_comm = procs.iter().find(|p| p.pid == 1).map(|p| p.comm.clone());
         Ok(Snapshot {
@@ -267,7 +293,10 @@ impl Scanner {
         } else {
             match self.fs.fd_count(pid) {
                 Ok(n) => Some(n),
-                Err(ReadError::Denied) => None,
+                Err(ReadError::Denied) => {
+                    self.fds_unreadable += 1;
+                    None
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -275,6 +304,10 @@ impl Scanner {
         let age = Duration::from_secs_f64(age_s);
         let key = (pid, st.start_ticks);
         let scan_no = self.scan_no;
+        if let Some(seen) = self.blocked.get_mut(&key) {
+            *seen = scan_no;
+            return Err(ReadError::Blocked);
+        }
         // A zombie keeps pid, start time and comm but is no longer a member of anything: it
         // holds no memory, cannot be signalled, and only its parent can make it go.
         if st.state == 'Z' {
@@ -293,7 +326,15 @@ impl Scanner {
                 if st.state == 'Z' {
                     None
                 } else {
-                    let info = self.classify(pid, &st.comm, uid, policy, read_all);
+                    let info = match self.classify(pid, &st.comm, uid, policy, read_all) {
+                        Ok(info) => info,
+                        Err(ReadError::Blocked) => {
+                            tracing::warn!(pid, comm = ?st.comm, "reading its command line blocked; skipping this process while it lives");
+                            self.blocked.insert(key, scan_no);
+                            return Err(ReadError::Blocked);
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if age >= CACHE_MIN_AGE {
                         self.cache.insert(
                             key,
@@ -341,7 +382,7 @@ impl Scanner {
                 }
             }
         }
-        let v = self.fs.nofile_soft(pid).ok().flatten();
+        let v = self.fs.nofile(pid).ok().and_then(|l| l.soft);
         if let Some(c) = self.cache.get_mut(&key) {
             c.limit = Some((now, v));
         }
@@ -349,7 +390,8 @@ impl Scanner {
     }
 
     /// Which family, if any, a process belongs to. Reads cmdline/exe only when a matcher needs
-    /// them (or when any family matcher cannot be decided from comm alone).
+    /// them (or when any family matcher cannot be decided from comm alone). `Err(Blocked)` when
+    /// the command line could not be read within its deadline.
     fn classify(
         &mut self,
         pid: i32,
@@ -357,7 +399,7 @@ impl Scanner {
         uid: u32,
         policy: &Policy,
         read_all: bool,
-    ) -> Option<Arc<Info>> {
+    ) -> Result<Option<Arc<Info>>, ReadError> {
         let candidate = read_all
             || policy
                 .families
@@ -365,17 +407,17 @@ impl Scanner {
                 .flat_map(|f| f.matchers.iter())
                 .any(|m| m.comm.as_ref().is_some_and(|c| c.is_match(comm)));
         if !candidate {
-            return None;
+            return Ok(None);
         }
-        let args = self.fs.cmdline(pid, &mut self.buf).unwrap_or_default();
-        let mut cmdline = args.join(" ");
-        if cmdline.len() > CMDLINE_MAX {
-            let mut cut = CMDLINE_MAX;
-            while !cmdline.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            cmdline.truncate(cut);
-        }
+        let args = match self
+            .guarded
+            .read(self.fs.pid_path(pid, "cmdline"), proc::READ_MAX)
+        {
+            Ok(b) => proc::parse_cmdline(&b),
+            Err(ReadError::Blocked) => return Err(ReadError::Blocked),
+            Err(_) => Vec::new(),
+        };
+        let full = args.join(" ");
         let needs_exe = policy
             .families
             .iter()
@@ -386,11 +428,14 @@ impl Scanner {
         } else {
             None
         };
-        let (fi, fam) = policy.families.iter().enumerate().find(|(_, f)| {
+        let Some((fi, fam)) = policy.families.iter().enumerate().find(|(_, f)| {
             f.matchers
                 .iter()
-                .any(|m| m.matches(comm, exe.as_deref(), Some(&cmdline), uid))
-        })?;
+                .any(|m| m.matches(comm, exe.as_deref(), Some(&full), uid))
+        }) else {
+            return Ok(None);
+        };
+        let cmdline = truncate(full, CMDLINE_DISPLAY_MAX);
         let mut role = None;
         let mut user_data_dir = None;
         for a in &args {
@@ -415,7 +460,7 @@ impl Scanner {
         } else {
             None
         };
-        Some(Arc::new(Info {
+        Ok(Some(Arc::new(Info {
             family: fi,
             family_name: fam.name.clone(),
             kind: fam.kind,
@@ -425,8 +470,20 @@ impl Scanner {
             exe,
             cgroup,
             pod_uid,
-        }))
+        })))
     }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         tracker: Tracker::new().with_proc_root(&cfg.proc_root),
     });
     let mut generation = 1u64;
-    let mut enforcer = Enforcer::new(&policy);
+    let mut enforcer = Enforcer::new(&policy, &cfg.proc_root);
     let mut kills: JoinSet<Enforced> = JoinSet::new();
     let (owner_tx, mut owner_rx) = mpsc::channel::<(i32, u64)>(256);
     let mut watchers: HashMap<(i32, u64), AbortHandle> = HashMap::new();

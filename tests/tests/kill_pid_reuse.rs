@@ -101,7 +101,11 @@ fn inner() {
         now, target.start_ticks,
         "a new process has a new start time"
     );
-    let outcome = rt.block_on(Engine::new().kill(&ctx, &[target], Duration::from_millis(200)));
+    let outcome = rt.block_on(Engine::new(proc_root, Vec::new()).kill(
+        &ctx,
+        &[target],
+        Duration::from_millis(200),
+    ));
     assert_eq!(outcome, vec![Outcome::IdentityChanged]);
     assert!(
         newcomer.try_wait().expect("try_wait").is_none(),

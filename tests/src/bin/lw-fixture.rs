@@ -9,8 +9,9 @@
 //!
 //! Modes:
 //! - `sleep`
-//! - `fds N [--step K --every MS]`: opens exactly N more descriptors (`/dev/null`, never closed;
-//!   raises the soft `RLIMIT_NOFILE` to the hard limit when needed), then K more every MS ms.
+//! - `fds N [--step K --every MS [--max M]]`: opens exactly N more descriptors (`/dev/null`,
+//!   never closed; raises the soft `RLIMIT_NOFILE` to the hard limit when needed), then K more
+//!   every MS ms, up to M opened in all.
 //!   The process holds N + 3 (stdio) descriptors at `ready`.
 //! - `threads N [--step K --every MS]`: N parked threads (N + 1 with the main thread), then K
 //!   more every MS ms.
@@ -59,6 +60,7 @@ const VALUED: &[&str] = &[
     "every",
     "step-mib",
     "max-mib",
+    "max",
     "children",
     "grow-rss-mib-per-sec",
     "leak-fds-per-sec",
@@ -188,6 +190,7 @@ fn fixture(args: &[String]) -> Res {
         "fds" => {
             let n = a.pos_num(0, "N (descriptors)")?;
             let step = a.step()?;
+            let max: Option<usize> = a.num("max")?;
             let mut held = Vec::new();
             open_fds(&mut held, n)?;
             ready(&[me]);
@@ -197,6 +200,9 @@ fn fixture(args: &[String]) -> Res {
             let mut warned = false;
             loop {
                 thread::sleep(every);
+                if max.is_some_and(|m| held.len() + k > m) {
+                    continue;
+                }
                 if let Err(e) = open_fds(&mut held, k) {
                     if !warned {
                         eprintln!("lw-fixture: fds: {e} (keeps running)");
