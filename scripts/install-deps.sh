@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and demos need, only when missing: Debian packages (Chromium and its
-# driver, Prometheus + promtool, Alertmanager, the peer exporters) and, from PyPI,
+# driver, Prometheus + promtool, Alertmanager, the peer exporters, tini and dumb-init) and, from PyPI,
 # kubernetes-validate into a venv under target/ (offline manifest validation).
 # Safe to run repeatedly; a no-op on a machine that has everything.
 set -euo pipefail
@@ -17,6 +17,9 @@ check prometheus prometheus
 check prometheus-alertmanager prometheus-alertmanager
 check prometheus-process-exporter prometheus-process-exporter
 check prometheus-node-exporter prometheus-node-exporter
+# Real container inits: the ownership tests run browsers as their payloads.
+check tini tini
+check dumb-init dumb-init
 check unshare util-linux
 check nsenter util-linux
 check python3 python3

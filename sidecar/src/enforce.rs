@@ -39,7 +39,8 @@ pub struct ProcFacts {
     /// Time since it was first seen without an owner; `None` while it has one.
     pub orphaned_for: Option<Duration>,
     pub rss_bytes: u64,
-    pub fds: u64,
+    /// Open FDs; `None` when unreadable (no rule on FDs holds for it).
+    pub fds: Option<u64>,
     /// Soft RLIMIT_NOFILE, when read.
     pub fd_soft_limit: Option<u64>,
     pub threads: u64,
@@ -62,6 +63,9 @@ pub struct TreeFacts {
     pub members: Vec<Target>,
     /// Families present in the tree (a driver tree holds chromedriver, chromium and crashpad).
     pub families: Vec<String>,
+    /// The role of the tree's root (`browser`, `driver`, `crashpad-handler`, …): what a
+    /// `kill-tree` rule's `role:` selects.
+    pub role: Option<String>,
     pub profile_dir: Option<PathBuf>,
     /// Age of the tree's oldest member.
     pub age: Duration,
@@ -104,6 +108,11 @@ pub fn evaluate(policy: &Policy, facts: &Facts) -> Vec<Verdict> {
                 for (ti, tree) in facts.trees.iter().enumerate() {
                     if !rule.family.is_empty()
                         && !rule.family.iter().any(|f| tree.families.contains(f))
+                    {
+                        continue;
+                    }
+                    if !rule.role.is_empty()
+                        && !tree.role.as_ref().is_some_and(|r| rule.role.contains(r))
                     {
                         continue;
                     }
@@ -188,7 +197,10 @@ fn proc_conditions(rule: &Rule, p: &ProcFacts) -> Option<String> {
         }
     }
     if let Some(max) = w.fds_above {
-        if !r.check(p.fds > max, || format!("{} open FDs (> {max})", p.fds)) {
+        let fds = p.fds.unwrap_or(0);
+        if !r.check(p.fds.is_some_and(|n| n > max), || {
+            format!("{fds} open FDs (> {max})")
+        }) {
             return None;
         }
     }
@@ -196,12 +208,13 @@ fn proc_conditions(rule: &Rule, p: &ProcFacts) -> Option<String> {
         let ratio = p
             .fd_soft_limit
             .filter(|l| *l > 0)
-            .map(|l| p.fds as f64 / l as f64);
+            .zip(p.fds)
+            .map(|(l, n)| n as f64 / l as f64);
         let ok = ratio.is_some_and(|x| x > max);
         if !r.check(ok, || {
             format!(
                 "{} of {} FDs ({:.0}% > {:.0}%)",
-                p.fds,
+                p.fds.unwrap_or(0),
                 p.fd_soft_limit.unwrap_or(0),
                 ratio.unwrap_or(0.0) * 100.0,
                 max * 100.0
@@ -282,7 +295,8 @@ fn tree_conditions(rule: &Rule, t: &TreeFacts, facts: &Facts, ti: usize) -> Opti
             .filter_map(|p| {
                 p.fd_soft_limit
                     .filter(|l| *l > 0)
-                    .map(|l| p.fds as f64 / l as f64)
+                    .zip(p.fds)
+                    .map(|(l, n)| n as f64 / l as f64)
             })
             .fold(None::<f64>, |m, x| Some(m.map_or(x, |m| m.max(x))));
         let ok = worst.is_some_and(|x| x > max);
@@ -568,7 +582,7 @@ mod tests {
             age: Duration::from_secs(600),
             orphaned_for: None,
             rss_bytes: 100 << 20,
-            fds: 50,
+            fds: Some(50),
             fd_soft_limit: Some(1024),
             threads: 10,
             zombie_children: 0,
@@ -583,6 +597,7 @@ mod tests {
             family: "chromium".into(),
             members: members.iter().map(|p| target(*p)).collect(),
             families: vec!["chromium".into(), "crashpad".into()],
+            role: Some("browser".into()),
             profile_dir: Some("/tmp/profile".into()),
             age: Duration::from_secs(600),
             orphaned_for: orphaned.map(Duration::from_secs),
@@ -678,7 +693,7 @@ mod tests {
             "  - name: zombies\n    when: {zombie_parent: {min_zombies: 3, for: 30s}}\n    action: terminate\n",
         ));
         let mut a = proc_(10, "chromium");
-        a.fds = 900;
+        a.fds = Some(900);
         a.growing_for
             .insert(Resource::Fds, Duration::from_secs(121));
         let mut b = proc_(11, "chromium");
@@ -687,7 +702,7 @@ mod tests {
         b.zombies_for = Some(Duration::from_secs(31));
         let mut c = proc_(12, "chromium");
         c.fd_soft_limit = None; // unknown limit never matches a ratio
-        c.fds = 100_000;
+        c.fds = Some(100_000);
         c.zombie_children = 2;
         c.zombies_for = Some(Duration::from_secs(100));
         let v = evaluate(

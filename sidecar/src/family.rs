@@ -9,38 +9,17 @@
 //! - chromedriver and every browser it started (one tree, keyed by the driver);
 //! - for a generic family, a process and its same-family descendants.
 //!
-//! The *owner* of a tree is the nearest ancestor outside it that is not an init or subreaper
-//! (the bot, worker or runner that launched it).
+//! The *owner* of a tree is its root's parent outside it: the bot, worker or runner that launched
+//! it, or the init whose payload it is. Whether a tree is owned at all is judged in
+//! [`crate::detect::orphans`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::policy::FamilyKind;
 use crate::snapshot::{Proc, Snapshot};
-
-/// Programs that adopt orphans: PID 1 of a host or a container, and common subreapers. A family
-/// process whose parent is one of these has lost its launcher (unless it was started by it, which
-/// the orphan tracker tells apart by watching the parent change).
-pub const REAPERS: &[&str] = &[
-    "systemd",
-    "init",
-    "pause",
-    "tini",
-    "dumb-init",
-    "catatonit",
-    "docker-init",
-    "s6-svscan",
-    "runsvdir",
-    "containerd-shim",
-    "conmon",
-    "leakwarden",
-];
-
-pub fn is_reaper_comm(comm: &str) -> bool {
-    REAPERS.contains(&comm) || comm.starts_with("containerd-shim")
-}
 
 /// What keys a tree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -106,18 +85,15 @@ impl Tree {
 }
 
 /// Tie crashpad handlers to browsers by start time, for handlers the socket tie could not place:
-/// each handler goes to the browser process (no `--type=`) that started most recently before it,
-/// within `window_ticks`. Returns ties for handlers not already in `known`.
+/// each handler goes to the browser main process of the *same uid and cgroup* (a handler
+/// inherits both from its browser) that started most recently before it, within
+/// `window_ticks` — so a handler is never tied across users, containers or pods. Returns ties
+/// for handlers not already in `known`.
 pub fn tie_by_start_time(s: &Snapshot, known: &Ties, window_ticks: u64) -> Ties {
     let browsers: Vec<&Proc> = s
         .procs
         .iter()
-        .filter(|p| {
-            p.info
-                .as_deref()
-                .is_some_and(|i| i.kind == FamilyKind::Browser && i.role.is_none())
-                && !p.is_zombie()
-        })
+        .filter(|p| p.info.as_deref().is_some_and(|i| i.is_browser_root()) && !p.is_zombie())
         .collect();
     let mut out = Ties::new();
     for h in &s.procs {
@@ -128,8 +104,10 @@ pub fn tie_by_start_time(s: &Snapshot, known: &Ties, window_ticks: u64) -> Ties 
             continue;
         }
         // Allow a little slack before the browser (tick rounding).
+        let cgroup = |p: &Proc| p.info.as_deref().and_then(|i| i.cgroup.clone());
         let best = browsers
             .iter()
+            .filter(|b| b.uid == h.uid && cgroup(b) == cgroup(h))
             .filter(|b| {
                 b.start_ticks <= h.start_ticks + 1 && h.start_ticks <= b.start_ticks + window_ticks
             })
@@ -156,14 +134,9 @@ pub fn build_trees(s: &Snapshot, ties: &Ties) -> Vec<Tree> {
             by_key.entry(k.clone()).or_default().push(i);
         }
     }
-    // Children lists, for non-family descendants.
-    let mut children: HashMap<i32, Vec<usize>> = HashMap::new();
-    for (i, p) in s.procs.iter().enumerate() {
-        children.entry(p.ppid).or_default().push(i);
-    }
     let mut trees: Vec<Tree> = by_key
         .into_iter()
-        .map(|(key, members)| shape(s, key, members, &keys, &children))
+        .map(|(key, members)| shape(s, key, members, &keys))
         .collect();
     trees.sort_by(|a, b| a.key.cmp(&b.key));
     trees
@@ -213,13 +186,7 @@ fn resolve(
     Some(key)
 }
 
-fn shape(
-    s: &Snapshot,
-    key: TreeKey,
-    mut members: Vec<usize>,
-    keys: &[Option<TreeKey>],
-    children: &HashMap<i32, Vec<usize>>,
-) -> Tree {
+fn shape(s: &Snapshot, key: TreeKey, mut members: Vec<usize>, keys: &[Option<TreeKey>]) -> Tree {
     let in_tree = |j: usize| keys[j].as_ref() == Some(&key);
     let kind = |i: usize| s.procs[i].info.as_deref().map(|x| x.kind);
     let mut top = Vec::new();
@@ -233,7 +200,12 @@ fn shape(
             top.push(i);
         }
     }
-    let role_none = |i: usize| s.procs[i].info.as_deref().is_some_and(|x| x.role.is_none());
+    let role_none = |i: usize| {
+        s.procs[i]
+            .info
+            .as_deref()
+            .is_some_and(|x| x.role.is_none() || x.is_browser_root())
+    };
     let root = top
         .iter()
         .copied()
@@ -256,8 +228,10 @@ fn shape(
     if let TreeKey::Profile(d) = &key {
         profile_dir = Some(d.clone());
     }
-    // Non-family descendants of members (bounded walk).
+    // Non-family descendants of members (bounded walk; a set, not a list search, so a tree with
+    // thousands of descendants costs linear time).
     let mut extra = Vec::new();
+    let mut seen: HashSet<usize> = HashSet::new();
     let mut stack: Vec<i32> = members.iter().map(|&i| s.procs[i].pid).collect();
     let mut guard = 0;
     while let Some(pid) = stack.pop() {
@@ -265,8 +239,8 @@ fn shape(
         if guard > 10_000 {
             break;
         }
-        for &c in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
-            if s.procs[c].info.is_none() && !extra.contains(&c) {
+        for &c in s.children_of(pid) {
+            if s.procs[c].info.is_none() && seen.insert(c) {
                 extra.push(c);
                 stack.push(s.procs[c].pid);
             }
@@ -290,14 +264,13 @@ fn shape(
     }
 }
 
-/// The nearest ancestor of the tree's root outside the tree that is not a reaper: who launched
-/// it. `None` when the root hangs off a reaper, PID 0 (a parent outside our PID namespace) or
-/// nothing.
+/// The parent of the tree's root when it is outside the tree: who launched it (or, for an init's
+/// payload, the init). `None` when the root hangs off PID 0 (a parent outside our PID namespace)
+/// or nothing. Only asked of trees judged owned ([`crate::detect::orphans`]).
 pub fn owner(s: &Snapshot, tree: &Tree) -> Option<usize> {
     let p = &s.procs[tree.root];
     let j = s.index_of(p.ppid)?;
-    let parent = &s.procs[j];
-    if tree.members.contains(&j) || is_reaper_comm(&parent.comm) {
+    if tree.members.contains(&j) {
         return None;
     }
     Some(j)
@@ -305,10 +278,6 @@ pub fn owner(s: &Snapshot, tree: &Tree) -> Option<usize> {
 
 /// RSS of a process and all its descendants.
 pub fn subtree_rss(s: &Snapshot, root: usize) -> u64 {
-    let mut children: HashMap<i32, Vec<usize>> = HashMap::new();
-    for (i, p) in s.procs.iter().enumerate() {
-        children.entry(p.ppid).or_default().push(i);
-    }
     let mut total = 0;
     let mut stack = vec![root];
     let mut guard = 0;
@@ -318,9 +287,12 @@ pub fn subtree_rss(s: &Snapshot, root: usize) -> u64 {
             break;
         }
         total += s.procs[i].rss_bytes;
-        if let Some(c) = children.get(&s.procs[i].pid) {
-            stack.extend(c.iter().copied().filter(|&c| c != i));
-        }
+        stack.extend(
+            s.children_of(s.procs[i].pid)
+                .iter()
+                .copied()
+                .filter(|&c| c != i),
+        );
     }
     total
 }
@@ -363,8 +335,11 @@ pub(crate) mod testutil {
                 udd = Some(v.into());
             }
         }
-        if kind == FamilyKind::Crashpad {
-            role = Some("crashpad-handler".into());
+        match kind {
+            FamilyKind::Crashpad => role = Some("crashpad-handler".into()),
+            FamilyKind::Browser if role.is_none() => role = Some("browser".into()),
+            FamilyKind::Driver => role = Some("driver".into()),
+            _ => {}
         }
         p.info = Some(Arc::new(Info {
             family: 0,
@@ -483,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn reparented_stragglers_stay_in_their_profile_tree_and_owner_is_none_under_a_reaper() {
+    fn reparented_stragglers_stay_in_their_profile_tree() {
         let s = Snapshot::from_procs(
             vec![
                 proc_(1, 0, "systemd", 1),
@@ -501,7 +476,8 @@ mod tests {
         let trees = build_trees(&s, &Ties::new());
         assert_eq!(trees.len(), 2);
         assert_eq!(trees[0].top.len(), 2);
-        assert_eq!(owner(&s, &trees[0]), None);
+        // The root's parent (here the init) is its owner if the tree is judged owned at all.
+        assert_eq!(owner(&s, &trees[0]).map(|i| s.procs[i].pid), Some(1));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::analysis::{Analysis, FamilyView, LeakView};
 use crate::cleanup::{sanitize, StaleDir};
 use crate::detect::leaks::Trend;
+use crate::detect::orphans::Why;
 use crate::family::TreeKey;
 use crate::policy::units::{format_duration, format_size};
 
@@ -63,6 +64,10 @@ pub struct TreeOut {
     pub age_seconds: f64,
     pub orphaned: bool,
     pub orphaned_for_seconds: Option<f64>,
+    /// Why it is owned or orphaned (`payload`, `launcher_alive`, `adopted_by_init`, …).
+    pub why: Why,
+    /// The same, for people.
+    pub why_text: &'static str,
     pub owner: Option<OwnerOut>,
     pub pod_uid: Option<String>,
     pub members: Vec<ProcOut>,
@@ -145,6 +150,8 @@ impl ScanReport {
                 age_seconds: v.age.as_secs_f64(),
                 orphaned: v.orphaned_for.is_some(),
                 orphaned_for_seconds: v.orphaned_for.map(|d| d.as_secs_f64()),
+                why: v.why,
+                why_text: v.why.text(),
                 owner: v.owner.map(|o| {
                     let op = &s.procs[o];
                     OwnerOut {
@@ -249,7 +256,15 @@ impl ScanReport {
                     secs(t.age_seconds),
                     match t.orphaned_for_seconds {
                         Some(d) => format!("ORPHANED {}", secs(d)),
-                        None => "owned".into(),
+                        None => match t.why {
+                            Why::Payload => "owned (init payload)".into(),
+                            Why::ContainerProcess => "owned (container)".into(),
+                            Why::UnitMainProcess => "owned (service)".into(),
+                            Why::ParentOutside => "owned (outside)".into(),
+                            Why::CrashpadClientAlive => "owned (app)".into(),
+                            Why::CrashpadUnknown => "owned (unknown)".into(),
+                            _ => "owned".into(),
+                        },
                     },
                     t.owner
                         .as_ref()

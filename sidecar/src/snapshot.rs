@@ -37,7 +37,9 @@ pub struct Info {
     pub family: usize,
     pub family_name: String,
     pub kind: FamilyKind,
-    /// Chromium's `--type=` (renderer, gpu-process, utility, zygote, …); `None` for a browser.
+    /// Chromium's `--type=` (renderer, gpu-process, utility, zygote, …); [`ROLE_BROWSER`] for a
+    /// browser's main process, [`ROLE_DRIVER`] for a driver, [`ROLE_CRASHPAD`] for a handler;
+    /// `None` for a generic family's process.
     pub role: Option<String>,
     pub user_data_dir: Option<PathBuf>,
     /// Arguments joined by spaces, truncated.
@@ -47,6 +49,20 @@ pub struct Info {
     pub cgroup: Option<String>,
     pub pod_uid: Option<String>,
 }
+
+impl Info {
+    /// A browser's main process (Chromium without `--type=`), which owns its profile.
+    pub fn is_browser_root(&self) -> bool {
+        self.kind == FamilyKind::Browser && self.role.as_deref() == Some(ROLE_BROWSER)
+    }
+}
+
+/// The role of a browser's main process (Chromium's helpers carry `--type=`, it carries none).
+pub const ROLE_BROWSER: &str = "browser";
+/// The role of a driver process (chromedriver).
+pub const ROLE_DRIVER: &str = "driver";
+/// The role of a crashpad handler.
+pub const ROLE_CRASHPAD: &str = "crashpad-handler";
 
 /// One process in a snapshot.
 #[derive(Debug, Clone)]
@@ -127,6 +143,8 @@ pub struct Snapshot {
     pub duration: Duration,
     pub procs: Vec<Proc>,
     index: HashMap<i32, usize>,
+    /// Children of each PID (indices into `procs`), built once per scan.
+    children: HashMap<i32, Vec<usize>>,
     pub skipped: Skipped,
     pub mem: MemInfo,
     /// comm of PID 1 in this PID namespace, if visible.
@@ -141,9 +159,13 @@ impl Snapshot {
     pub fn index_of(&self, pid: i32) -> Option<usize> {
         self.index.get(&pid).copied()
     }
+    /// Indices of the children of `pid`.
+    pub fn children_of(&self, pid: i32) -> &[usize] {
+        self.children.get(&pid).map(Vec::as_slice).unwrap_or(&[])
+    }
     /// Build from parts (tests and fixtures).
     pub fn from_procs(procs: Vec<Proc>, mem: MemInfo) -> Self {
-        let index = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+        let (index, children) = indices(&procs);
         let init_comm = procs.iter().find(|p| p.pid == 1).map(|p| p.comm.clone());
         Snapshot {
             taken_at: SystemTime::now(),
@@ -151,6 +173,7 @@ impl Snapshot {
             duration: Duration::ZERO,
             procs,
             index,
+            children,
             skipped: Skipped::default(),
             mem,
             init_comm,
@@ -259,7 +282,7 @@ impl Scanner {
         self.cache.retain(|_, c| c.seen == scan_no);
         self.blocked.retain(|_, seen| *seen == scan_no);
         skipped.fds_unreadable = self.fds_unreadable;
-        let index = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+        let (index, children) = indices(&procs);
         let init_comm = procs.iter().find(|p| p.pid == 1).map(|p| p.comm.clone());
         Ok(Snapshot {
             taken_at,
@@ -267,6 +290,7 @@ impl Scanner {
             duration: started.elapsed(),
             procs,
             index,
+            children,
             skipped,
             mem,
             init_comm,
@@ -447,8 +471,11 @@ impl Scanner {
                 }
             }
         }
-        if fam.kind == FamilyKind::Crashpad {
-            role = Some("crashpad-handler".to_string());
+        match fam.kind {
+            FamilyKind::Crashpad => role = Some(ROLE_CRASHPAD.to_string()),
+            FamilyKind::Browser if role.is_none() => role = Some(ROLE_BROWSER.to_string()),
+            FamilyKind::Driver => role = Some(ROLE_DRIVER.to_string()),
+            _ => {}
         }
         let cgroup = self
             .fs
@@ -472,6 +499,20 @@ impl Scanner {
             pod_uid,
         })))
     }
+}
+
+/// PID → index, and parent PID → children's indices: one pass, so every later question about
+/// parents and children is a lookup (per-scan work stays linear in the number of processes).
+fn indices(procs: &[Proc]) -> (HashMap<i32, usize>, HashMap<i32, Vec<usize>>) {
+    let mut index = HashMap::with_capacity(procs.len());
+    let mut children: HashMap<i32, Vec<usize>> = HashMap::new();
+    for (i, p) in procs.iter().enumerate() {
+        index.insert(p.pid, i);
+        if p.pid != p.ppid {
+            children.entry(p.ppid).or_default().push(i);
+        }
+    }
+    (index, children)
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 use crate::{bin, describe, run, wait_for};
 
+/// The real tini (Debian package `tini`, installed by `make deps`).
+pub const TINI: &str = "/usr/bin/tini";
+/// The real dumb-init (Debian package `dumb-init`).
+pub const DUMB_INIT: &str = "/usr/bin/dumb-init";
+
 /// Lines a child wrote to a pipe, collected by a background thread.
 #[derive(Clone, Default)]
 pub struct Lines(Arc<Mutex<Vec<String>>>);
@@ -54,13 +59,24 @@ pub struct Ns {
 }
 
 impl Ns {
-    /// A namespace whose PID 1 is `sleep infinity` run through a symlink named `tini`: comm
-    /// `tini`, like a container's init (it does not reap; zombies stay visible).
+    /// A namespace whose PID 1 is the real `tini` (Debian package) with `sleep infinity` as its
+    /// payload, as in a container image with `ENTRYPOINT ["tini", "--"]`: orphans of the test's
+    /// processes are adopted by it (and their zombies reaped).
     pub fn new() -> Ns {
         let dir = tempdir();
-        let tini = dir.path().join("tini");
-        std::os::unix::fs::symlink("/usr/bin/sleep", &tini).expect("symlink tini");
-        let mut c = crate::in_pid_namespace(&tini);
+        let mut c = crate::in_pid_namespace(TINI);
+        c.args(["--", "sleep", "infinity"]);
+        Ns::start(c, dir, false)
+    }
+
+    /// A namespace whose PID 1 is `sleep infinity` run through a symlink named `pause` (comm
+    /// `pause`, like a pod's infrastructure container, which starts nothing): it never reaps, so
+    /// zombies stay visible.
+    pub fn non_reaping() -> Ns {
+        let dir = tempdir();
+        let pause = dir.path().join("pause");
+        std::os::unix::fs::symlink("/usr/bin/sleep", &pause).expect("symlink pause");
+        let mut c = crate::in_pid_namespace(&pause);
         c.arg("infinity");
         Ns::start(c, dir, false)
     }
@@ -81,6 +97,74 @@ impl Ns {
         };
         w.wait_ready();
         (ns, w)
+    }
+
+    /// A namespace whose PID 1 is `program ARGS` (a real init with a real payload, e.g.
+    /// `tini -- chromium …`; `args` gets the test's directory), with TMPDIR and HOME in the
+    /// test's directory; its output is discarded.
+    pub fn with_init(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Ns {
+        let dir = tempdir();
+        let mut c = crate::in_pid_namespace(program);
+        c.args(args(dir.path()))
+            .env("TMPDIR", dir.path())
+            .env("HOME", dir.path())
+            .stderr(Stdio::null());
+        Ns::start(c, dir, false)
+    }
+
+    /// A namespace nested in this one — a container on a node — whose PID 1 is `program ARGS`.
+    /// Its processes are also in this namespace's /proc (under other PIDs): a sidecar run here
+    /// has the node's view of them.
+    pub fn nested(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Ns {
+        let dir = tempdir();
+        let mut c = self.cmd("unshare");
+        c.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(program)
+            .args(args(dir.path()))
+            .env("TMPDIR", dir.path())
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let nsenter = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
+        let depth = ns_pid_chain(self.init).len();
+        let top = nsenter.id() as i32;
+        let init = wait_for(
+            "the nested namespace's PID 1",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                // nsenter → unshare (in this namespace) → the nested PID 1.
+                let mut frontier = vec![top];
+                for _ in 0..4 {
+                    let mut next = Vec::new();
+                    for p in frontier {
+                        let chain = ns_pid_chain(p);
+                        if chain.len() == depth + 1 && chain.last() == Some(&1) {
+                            return Some(p);
+                        }
+                        next.extend(host_children(p));
+                    }
+                    frontier = next;
+                }
+                None
+            },
+        );
+        Ns {
+            unshare: nsenter,
+            init,
+            dir,
+            init_stderr: None,
+        }
     }
 
     fn start(mut c: Command, dir: tempfile::TempDir, capture: bool) -> Ns {
@@ -119,7 +203,11 @@ impl Ns {
         c.arg("--target")
             .arg(self.init.to_string())
             .args(["--pid", "--mount", "--"])
-            .arg(program);
+            .arg(program)
+            // Whatever a test starts keeps its scratch files (Chromium's singleton and
+            // chromedriver's profile directories among them) in the test's directory.
+            .env("TMPDIR", self.dir.path())
+            .env("HOME", self.dir.path());
         c
     }
 
@@ -263,8 +351,8 @@ impl Ns {
             .procs()
             .into_iter()
             .find(|p| {
-                p.comm == "chromium"
-                    && !p.cmdline.contains("--type=")
+                !p.cmdline.contains("--type=")
+                    && p.cmdline.contains(&profile_arg)
                     && self.ppid(p.pid) == Some(sh)
             })
             .expect("the browser process")
@@ -532,7 +620,59 @@ impl RealChromium {
 
 /// A Chromium or crashpad process (by comm).
 pub fn is_chromium_family(p: &NsProc) -> bool {
-    p.comm == "chromium" || p.comm.starts_with("chrome_crashpad")
+    matches!(p.comm.as_str(), "chromium" | "msedge" | "brave")
+        || p.comm.starts_with("chrome_crashpad")
+}
+
+/// `NSpid` of a host PID: its PID in every namespace, outermost first.
+pub fn ns_pid_chain(host_pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("NSpid:").map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Children of a host PID.
+pub fn host_children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in rd.flatten() {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+/// The flags the tests start a quiet headless Chromium with (as root: `--no-sandbox`).
+pub fn chromium_flags(profile: &Path) -> Vec<String> {
+    [
+        "--headless",
+        "--no-sandbox",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        format!("--user-data-dir={}", profile.display()),
+        "about:blank".into(),
+    ])
+    .collect()
 }
 
 /// A process in the namespace.

@@ -120,8 +120,8 @@ fn orphaned_tree_is_killed_whole_and_decoys_and_protected_survive() {
     assert_eq!(counter(&w, "touch-self", "killed"), 0.0);
 }
 
-/// A killed tree's processes stay zombies under a PID 1 that does not reap (a shell or `sleep`
-/// as a container's entrypoint). They are dead: `watch` must neither count them as running or
+/// A killed tree's processes stay zombies under a PID 1 that does not reap (here `sleep` named
+/// `pause`). They are dead: `watch` must neither count them as running or
 /// orphaned family processes nor "kill" them again on every scan (a one-shot scan already
 /// leaves them out).
 #[test]
@@ -129,7 +129,7 @@ fn zombies_of_a_killed_tree_are_not_counted_or_killed_again() {
     if skip_without_unshare() {
         return;
     }
-    let ns = Ns::new();
+    let ns = Ns::non_reaping();
     let rules = KILL_ORPHANS.replace("orphaned_for: 2s", "orphaned_for: 1s");
     let pol = policy(&ns, FAKE_CHROMIUM_FAMILY, &rules, "");
     let w = ns.watch(&["--policy", pol.to_str().unwrap(), "--interval", "300ms"]);

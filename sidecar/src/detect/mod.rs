@@ -1,2 +1,3 @@
 //! Detectors: pure functions of snapshots and series.
 pub mod leaks;
+pub mod orphans;

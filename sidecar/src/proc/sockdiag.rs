@@ -20,7 +20,8 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 /// Replies stop after this many messages (a bound on a hostile or enormous dump).
 const MAX_SOCKETS: usize = 1_000_000;
 
-/// Dump every unix socket with its peer. Fails with an I/O error where netlink is unavailable.
+/// Dump every unix socket with its peer (0 for a socket without one: unconnected, or its peer was
+/// closed). Fails with an I/O error where netlink is unavailable.
 pub fn unix_peers(timeout: Duration) -> io::Result<HashMap<u32, u32>> {
     let fd = rustix::net::socket(AddressFamily::NETLINK, SocketType::DGRAM, Some(SOCK_DIAG))?;
     rustix::net::sockopt::set_socket_timeout(
@@ -61,9 +62,7 @@ pub fn unix_peers(timeout: Duration) -> io::Result<HashMap<u32, u32>> {
             let len = m.header.length as usize;
             match m.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
-                    if let Some(p) = r.peer() {
-                        peers.insert(r.header.inode, p);
-                    }
+                    peers.insert(r.header.inode, r.peer().unwrap_or(0));
                     seen += 1;
                     if seen > MAX_SOCKETS {
                         return Ok(peers);
@@ -108,5 +107,10 @@ mod tests {
         };
         assert_eq!(peers.get(&ia), Some(&ib));
         assert_eq!(peers.get(&ib), Some(&ia));
+        // Close one end: the other is listed without a live peer.
+        drop(b);
+        let peers = unix_peers(Duration::from_secs(2)).expect("dump");
+        let p = peers.get(&ia).copied().expect("the open end is listed");
+        assert!(p == 0 || !peers.contains_key(&p), "peer {p} should be gone");
     }
 }

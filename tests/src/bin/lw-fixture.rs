@@ -32,6 +32,19 @@
 //!   browser's line `ready <browser pid> <children…>` and exits 0. The browser's stdin and stderr
 //!   are /dev/null, so `Command::output()` on this mode returns.
 //!
+//! - `supervise [--subreaper] [--setsid] PROG ARGS… [-- PROG ARGS…]…`: an init or a container
+//!   runtime stand-in (tests link it as `containerd-shim` or `systemd`): starts each program as
+//!   its child (in a new session with `--setsid`, as runc and systemd do), optionally becomes a
+//!   child subreaper (as containerd-shim is), prints `ready <own pid> <child pids…>`, then reaps
+//!   every child, its own and adopted ones, forever.
+//! - `crashpad-client HANDLER ARGS…`: an app with its own crash handler (an Electron app): makes
+//!   a SOCK_SEQPACKET socketpair, starts `HANDLER ARGS… --initial-client-fd=N` detached (double
+//!   fork: the handler's parent is PID 1 or the subreaper) with one end, keeps the other, prints
+//!   `ready <own pid> <handler pid>`, sleeps. SIGKILL it and the handler's client is gone.
+//!
+//! Called through a symlink whose name starts with `chrome_crashpad` it is a fake crash handler
+//! that lingers: it holds what it inherited and sleeps, even after its client is gone.
+//!
 //! Fake browser (argv[0]'s file name is not `lw-fixture`):
 //! - without `--type=`: the browser. Creates `--user-data-dir=DIR` if given, with a
 //!   `SingletonLock` symlink to `<hostname>-<pid>` as Chromium does; starts `--children K`
@@ -75,8 +88,16 @@ fn main() {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let r = if name.starts_with("lw-fixture") || name.starts_with("lw_fixture") {
+    // `supervise` and `crashpad-client` are run through symlinks named like the program they
+    // stand in for (`containerd-shim`, `systemd`, an app): the mode decides, not the name.
+    let named_mode = matches!(
+        args.get(1).map(String::as_str),
+        Some("supervise" | "crashpad-client")
+    );
+    let r = if name.starts_with("lw-fixture") || name.starts_with("lw_fixture") || named_mode {
         fixture(&args[1.min(args.len())..])
+    } else if name.starts_with("chrome_crashpad") {
+        sleep_forever()
     } else {
         fake_browser(&argv0, &args[1.min(args.len())..])
     };
@@ -178,6 +199,9 @@ fn fixture(args: &[String]) -> Res {
         "launch" => return launch(rest),
         "spawn-detached" => return spawn_detached(rest),
         "__detach" => return detach_intermediate(rest),
+        "supervise" => return supervise(rest),
+        "crashpad-client" => return crashpad_client(rest),
+        "__detach-quiet" => return detach_quiet(rest),
         _ => {}
     }
     let a = Args::parse(rest)?;
@@ -433,6 +457,121 @@ fn detach_intermediate(args: &[String]) -> Res {
     let path = args.first().ok_or("spawn-detached needs BROWSER_PATH")?;
     let (child, pids) = start_browser(path, &args[1..], true)?;
     ready(&pids);
+    std::mem::forget(child);
+    std::process::exit(0)
+}
+
+// === inits, runtimes and apps ===
+
+fn supervise(args: &[String]) -> Res {
+    let mut subreaper = false;
+    let mut setsid = false;
+    let mut rest = args;
+    while let Some(a) = rest.first() {
+        match a.as_str() {
+            "--subreaper" => subreaper = true,
+            "--setsid" => setsid = true,
+            _ => break,
+        }
+        rest = &rest[1..];
+    }
+    if subreaper {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+    }
+    default_sigchld();
+    let mut pids = vec![std::process::id()];
+    for prog in rest.split(|a| a == "--") {
+        let Some((path, argv)) = prog.split_first() else {
+            continue;
+        };
+        let mut cmd = Command::new(path);
+        cmd.args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if setsid {
+            new_session(&mut cmd);
+        }
+        let child = cmd.spawn().map_err(|e| format!("starting {path}: {e}"))?;
+        pids.push(child.id());
+        // Reaped below with every other child, never through this handle.
+        std::mem::forget(child);
+    }
+    ready(&pids);
+    loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(_) => {}
+            // No child right now: adopted ones may come later.
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid(2) is async-signal-safe and allocates nothing; it runs in the forked child
+    // before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            Ok(())
+        });
+    }
+}
+
+fn crashpad_client(args: &[String]) -> Res {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use std::os::fd::AsRawFd;
+    let handler = args.first().ok_or("crashpad-client needs HANDLER")?;
+    // The app's end is close-on-exec; the handler's end is inherited through the double fork.
+    let (mine, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())
+        .map_err(|e| format!("fcntl: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut mid = Command::new(exe)
+        .arg("__detach-quiet")
+        .arg(handler)
+        .args(&args[1..])
+        .arg(format!("--initial-client-fd={}", theirs.as_raw_fd()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the intermediate: {e}"))?;
+    drop(theirs);
+    let out = mid.stdout.take().ok_or("intermediate stdout")?;
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the intermediate: {e}"))?;
+    let _ = mid.wait();
+    let handler_pid: u32 = line
+        .strip_prefix("ready ")
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| format!("intermediate said {line:?}"))?;
+    ready(&[std::process::id(), handler_pid]);
+    let _keep = mine;
+    sleep_forever()
+}
+
+/// The middle of a double fork whose grandchild prints nothing: start it, say its pid, exit.
+fn detach_quiet(args: &[String]) -> Res {
+    let path = args.first().ok_or("__detach-quiet needs PROG")?;
+    let child = Command::new(path)
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {path}: {e}"))?;
+    ready(&[child.id()]);
     std::mem::forget(child);
     std::process::exit(0)
 }
