@@ -10,8 +10,7 @@
 //! - 64 — bad usage or an invalid policy.
 
 use std::fmt::Write as _;
-use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -290,45 +289,6 @@ pub fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// Why a directory was not removed.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoveError {
-    #[error("refusing to remove {0}: not an absolute, normal path below a directory")]
-    UnsafePath(PathBuf),
-    #[error("refusing to remove {0}: a symlink, not a directory")]
-    Symlink(PathBuf),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-}
-
-/// Remove a stale profile directory. Refuses anything but an absolute path of at least two
-/// normal components (never `/`, `/tmp`, `..`), and never follows a symlink.
-pub fn remove_dir(path: &Path) -> Result<(), RemoveError> {
-    let normal = path.is_absolute()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
-        && path
-            .components()
-            .filter(|c| matches!(c, Component::Normal(_)))
-            .count()
-            >= 2;
-    if !normal {
-        return Err(RemoveError::UnsafePath(path.to_path_buf()));
-    }
-    let meta = std::fs::symlink_metadata(path).map_err(|source| RemoveError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if meta.file_type().is_symlink() {
-        return Err(RemoveError::Symlink(path.to_path_buf()));
-    }
-    std::fs::remove_dir_all(path).map_err(|source| RemoveError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// Print the report in the chosen format.
 pub fn render(report: &Report, json: bool) -> String {
     if json {
@@ -348,32 +308,6 @@ pub fn effective_dry_run(policy: &Policy, kill: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remove_dir_refuses_dangerous_paths() {
-        for p in ["/", "/tmp", "relative/dir", "/tmp/../etc"] {
-            assert!(
-                matches!(remove_dir(Path::new(p)), Err(RemoveError::UnsafePath(_))),
-                "{p}"
-            );
-        }
-    }
-
-    #[test]
-    fn remove_dir_never_follows_a_symlink() {
-        let d = tempfile::tempdir().unwrap();
-        let target = d.path().join("target");
-        std::fs::create_dir(&target).unwrap();
-        std::fs::write(target.join("keep"), b"x").unwrap();
-        let link = d.path().join("org.chromium.Chromium.link");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(remove_dir(&link), Err(RemoveError::Symlink(_))));
-        assert!(target.join("keep").exists());
-        let real = d.path().join("org.chromium.Chromium.abc");
-        std::fs::create_dir_all(real.join("sub")).unwrap();
-        remove_dir(&real).unwrap();
-        assert!(!real.exists());
-    }
 
     #[test]
     fn sanitize_removes_control_characters() {

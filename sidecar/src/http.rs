@@ -2,7 +2,8 @@
 //!
 //! - `GET /metrics` — Prometheus text format, the last rendering made by the background renderer
 //!   (a scrape copies bytes; it never scans).
-//! - `GET /healthz` — 200 while the process serves.
+//! - `GET /healthz` — 200 while scans complete; 503 once none has completed for three intervals
+//!   plus the scan deadline (a wedged sidecar should be restarted, not trusted).
 //! - `GET /readyz` — 200 once the first complete scan is done, 503 before.
 //!
 //! Served by the shared front end ([`leakwarden_core::http`]): connections are accepted at once
@@ -10,8 +11,9 @@
 //! at the cap (a quarter of `RLIMIT_NOFILE`, 64…1024), so idle or slow clients cannot starve a
 //! scrape or a probe.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,15 +26,48 @@ use tokio_util::sync::CancellationToken;
 pub use leakwarden_core::http::bind;
 
 /// What the endpoints serve.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     metrics: RwLock<Bytes>,
     ready: AtomicBool,
     /// What the front end did (connections evicted, refused, …), for the metrics.
     pub http: Arc<Stats>,
+    started: Instant,
+    /// Milliseconds after `started` of the last completed scan (0: none yet).
+    last_scan_ms: AtomicU64,
+    /// Unhealthy when no scan completed for this long.
+    stale_after: Duration,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(5), Duration::from_secs(50))
+    }
 }
 
 impl State {
+    /// State for a daemon scanning every `interval`, each scan within `scan_deadline`.
+    pub fn new(interval: Duration, scan_deadline: Duration) -> Self {
+        State {
+            metrics: RwLock::default(),
+            ready: AtomicBool::new(false),
+            http: Arc::default(),
+            started: Instant::now(),
+            last_scan_ms: AtomicU64::new(0),
+            stale_after: interval * 3 + scan_deadline,
+        }
+    }
+    /// A scan completed: healthy, and ready from now on.
+    pub fn scan_completed(&self) {
+        let ms = self.started.elapsed().as_millis().max(1) as u64;
+        self.last_scan_ms.store(ms, Ordering::Release);
+        self.set_ready();
+    }
+    /// Scans are completing (or the first one is still within its time).
+    pub fn is_healthy(&self) -> bool {
+        let last = Duration::from_millis(self.last_scan_ms.load(Ordering::Acquire));
+        self.started.elapsed().saturating_sub(last) <= self.stale_after
+    }
     pub fn set_metrics(&self, text: Vec<u8>) {
         if let Ok(mut m) = self.metrics.write() {
             *m = Bytes::from(text);
@@ -82,7 +117,11 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             r
         }
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" if state.is_healthy() => text(StatusCode::OK, "ok\n"),
+        "/healthz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no scan completed recently: the sidecar is wedged\n",
+        ),
         "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "first scan not done\n"),
         "/" => text(StatusCode::OK, "leakwarden: /metrics /healthz /readyz\n"),

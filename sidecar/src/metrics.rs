@@ -42,6 +42,55 @@ pub struct Metrics {
     pub stale_removed: IntCounterVec,
     pub scan_duration: Histogram,
     pub zombies_reaped: IntCounter,
+    /// The daemon's own state (see `watch.rs`).
+    pub daemon: DaemonMetrics,
+}
+
+/// What the `watch` loop reports about itself.
+#[derive(Clone)]
+pub struct DaemonMetrics {
+    /// 1 while nothing is signalled or removed (`--dry-run` or the policy's `dry_run`).
+    pub dry_run: IntGauge,
+    /// Tree owners watched through a pidfd (an exit triggers a rescan at once).
+    pub owners_watched: IntGauge,
+    /// Owners not watched (the pidfd budget is spent): their trees are seen at the next scan.
+    pub owners_unwatched: IntGauge,
+    /// Scans or stale-directory runs that overran their deadline and were left behind.
+    pub deadline_exceeded: IntCounterVec,
+}
+
+impl DaemonMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        let g = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let d = DaemonMetrics {
+            dry_run: g(
+                "leakwarden_policy_dry_run",
+                "1 while the sidecar signals and removes nothing (--dry-run or the policy's dry_run).",
+            )?,
+            owners_watched: g(
+                "leakwarden_owners_watched",
+                "Owners (launchers) of trees watched through a pidfd: their exit triggers a rescan at once.",
+            )?,
+            owners_unwatched: g(
+                "leakwarden_owners_unwatched",
+                "Owners not watched because the pidfd budget (a share of RLIMIT_NOFILE) is spent; their trees are judged at the next scan.",
+            )?,
+            deadline_exceeded: cv(
+                r,
+                "leakwarden_deadline_exceeded_total",
+                "Work that overran its deadline and was left behind, by task (scan, stale_dirs).",
+                &["task"],
+            )?,
+        };
+        for t in ["scan", "stale_dirs"] {
+            d.deadline_exceeded.with_label_values(&[t]);
+        }
+        Ok(d)
+    }
 }
 
 fn gv(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
@@ -192,7 +241,7 @@ impl Metrics {
             skipped: cv(
                 r,
                 "leakwarden_skipped_processes_total",
-                "Processes skipped during scans, by reason (vanished, permission_denied, malformed, io_error).",
+                "Processes skipped during scans, by reason (vanished, permission_denied, malformed, io_error, blocked: a read that did not finish in time); fds_unreadable counts processes kept without an FD count.",
                 &["reason"],
             )?,
             reloads: cv(
@@ -209,6 +258,7 @@ impl Metrics {
             )?,
             scan_duration,
             zombies_reaped,
+            daemon: DaemonMetrics::register(r)?,
             registry,
         })
     }
@@ -244,7 +294,10 @@ impl Metrics {
             self.family_rss
                 .with_label_values(&l)
                 .set(f.rss_bytes as i64);
-            self.family_fds.with_label_values(&l).set(f.fds as i64);
+            // Every member's FD count unreadable: the total is unknown, not 0 — no sample.
+            if f.processes == 0 || f.fds_unknown < f.processes {
+                self.family_fds.with_label_values(&l).set(f.fds as i64);
+            }
             self.family_threads
                 .with_label_values(&l)
                 .set(f.threads as i64);

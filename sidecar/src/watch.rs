@@ -1,14 +1,17 @@
 //! `leakwarden watch`: the daemon.
 //!
-//! One loop owns everything: it scans on an interval (and at once when a watched owner exits),
-//! analyses, sets the gauges, evaluates the policy and hands kills to owned tasks, reloads the
-//! policy on SIGHUP or when its file changes, removes stale profile directories, and reaps
-//! zombies when it is PID 1 or a subreaper. Every task it starts lives in a `JoinSet` it owns and
-//! is ended on shutdown; every wait has a deadline.
+//! One loop ([`Daemon::run`]) owns everything and does its work in named steps: [`Daemon::scan`]
+//! (on an interval, when an orphan meets a rule's `orphaned_for`, and — coalesced, at most every
+//! [`OWNER_RESCAN_GAP`] — when a watched owner exits), [`Daemon::enforce`] (verdicts → kills on
+//! owned tasks), [`Daemon::stale`] (stale and killed trees' directories, off the loop),
+//! [`Daemon::watch_owners`] (a pidfd per tree owner), [`Daemon::reload`] (SIGHUP or a changed
+//! policy file), and zombie reaping when it is PID 1 or a subreaper.
 //!
-//! Between scans it holds a pidfd on the owner (launcher) of every tree: when one becomes
-//! readable the owner has exited, and the loop rescans at once, so an orphan is seen within
-//! milliseconds of its launcher's death however long the interval.
+//! Nothing it waits for can stop it: a scan runs on its own thread with a deadline (a read that
+//! blocks behind a hung mount is already given up inside it; a whole scan that overruns is left
+//! behind and the next starts afresh), stale-directory work too; every task it starts is owned
+//! and ended on shutdown; every wait has a deadline. `/healthz` turns 503 when no scan has
+//! completed for a while, so a wedged sidecar is restarted, not trusted.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use prometheus::Registry;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, Notify};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -31,14 +34,21 @@ use crate::policy::{Action, Policy, PolicyError};
 use crate::proc::ProcFs;
 use crate::reload::{PolicySource, Reload};
 use crate::snapshot::{ScanError, Scanner};
+use crate::stale::KilledProfile;
 
 /// Stale profile directories are looked for every five scan intervals, within these bounds.
 const STALE_EVERY_MIN: Duration = Duration::from_secs(1);
 const STALE_EVERY_MAX: Duration = Duration::from_secs(30);
+/// One stale-directory run may take this long.
+const STALE_DEADLINE: Duration = Duration::from_secs(20);
 /// How often the renderer refreshes `/metrics` when nothing else happens (for `process_*`).
 const RENDER_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for kills under way.
 const KILL_DRAIN: Duration = Duration::from_secs(10);
+/// Owner exits arriving closer together than this share one rescan.
+pub const OWNER_RESCAN_GAP: Duration = Duration::from_millis(250);
+/// Killed trees' profiles waiting for a stale run, at most.
+const KILLED_QUEUE_MAX: usize = 256;
 
 /// `watch` settings (from the command line).
 #[derive(Debug, Clone)]
@@ -53,6 +63,13 @@ pub struct Config {
     pub proc_root: PathBuf,
 }
 
+impl Config {
+    /// A scan that runs longer than this is given up and the next one starts afresh.
+    pub fn scan_deadline(&self) -> Duration {
+        (self.interval * 10).clamp(Duration::from_secs(10), Duration::from_secs(120))
+    }
+}
+
 /// Errors that stop `watch` before it runs.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,279 +82,525 @@ pub enum StartError {
     },
 }
 
+/// What scans between them remember: the scanner's cache and the analysis history.
 struct Core {
     scanner: Scanner,
     tracker: Tracker,
 }
 
+impl Core {
+    fn new(cfg: &Config) -> Self {
+        let mut scanner = Scanner::new(ProcFs::new(&cfg.proc_root));
+        scanner.pod_attribution = cfg.pod_attribution;
+        Core {
+            scanner,
+            tracker: Tracker::new().with_proc_root(&cfg.proc_root),
+        }
+    }
+}
+
 /// Run until `shutdown` is cancelled. Start-up errors (bad policy, address in use) come back as
 /// [`StartError`] inside the `anyhow::Error`, so `main` can map them to exit 64.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (mut source, policy) =
-        PolicySource::open(cfg.policy.as_deref()).map_err(StartError::from)?;
-    let mut policy = Arc::new(policy);
-    let listener = http::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-    let local = listener.local_addr().ok();
-    let metrics = Metrics::register(Registry::new()).context("registering metrics")?;
-    metrics.policy_ok.set(1);
-    for o in ["success", "rejected"] {
-        metrics.reloads.with_label_values(&[o]);
-    }
-    for o in ["removed", "failed"] {
-        metrics.stale_removed.with_label_values(&[o]);
-    }
-    precreate_kill_series(&metrics, &policy);
-    let state = Arc::new(http::State::default());
-    state.set_metrics(metrics.render());
-    let render_now = Arc::new(Notify::new());
+    let mut d = Daemon::start(cfg).await?;
+    d.run(shutdown).await;
+    d.stop().await;
+    Ok(())
+}
 
-    let tasks_token = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(http::serve(listener, state.clone(), tasks_token.clone()));
-    {
-        let (metrics, state, notify, token) = (
+/// The pidfds held on tree owners, and what could not be watched.
+struct Owners {
+    tx: mpsc::Sender<(i32, u64)>,
+    rx: mpsc::Receiver<(i32, u64)>,
+    watchers: HashMap<(i32, u64), AbortHandle>,
+    tasks: JoinSet<()>,
+    /// At most this many pidfds (a share of RLIMIT_NOFILE).
+    cap: usize,
+}
+
+struct Daemon {
+    cfg: Config,
+    source: PolicySource,
+    policy: Arc<Policy>,
+    generation: u64,
+    metrics: Metrics,
+    state: Arc<http::State>,
+    render_now: Arc<Notify>,
+    services: JoinSet<()>,
+    services_stop: CancellationToken,
+    core: Option<Core>,
+    enforcer: Enforcer,
+    kills: JoinSet<Enforced>,
+    owners: Owners,
+    reported: HashSet<(String, i32, u64)>,
+    last_stale: Option<Instant>,
+    stale_job: Option<oneshot::Receiver<(u64, u64, usize)>>,
+    killed: Vec<Arc<KilledProfile>>,
+    /// When an orphaned tree will meet a rule's `orphaned_for`: scan then, not at the next tick.
+    orphan_deadline: Option<tokio::time::Instant>,
+    /// A coalesced owner-exit rescan, when one is due.
+    owner_rescan: Option<tokio::time::Instant>,
+    last_scan: Option<Instant>,
+    reaps: bool,
+}
+
+impl Daemon {
+    async fn start(cfg: Config) -> anyhow::Result<Daemon> {
+        let (source, policy) =
+            PolicySource::open(cfg.policy.as_deref()).map_err(StartError::from)?;
+        let policy = Arc::new(policy);
+        let listener = http::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local = listener.local_addr().ok();
+        // A sidecar holding a pidfd per owner and serving many connections needs more than a
+        // systemd service's default 1,024 descriptors.
+        let nofile = leakwarden_core::limits::raise_nofile();
+        let metrics = Metrics::register(Registry::new()).context("registering metrics")?;
+        metrics.policy_ok.set(1);
+        for o in ["success", "rejected"] {
+            metrics.reloads.with_label_values(&[o]);
+        }
+        for o in ["removed", "failed"] {
+            metrics.stale_removed.with_label_values(&[o]);
+        }
+        precreate_kill_series(&metrics, &policy);
+        let dry = cfg.dry_run || policy.dry_run;
+        metrics.daemon.dry_run.set(i64::from(dry));
+        let state = Arc::new(http::State::new(cfg.interval, cfg.scan_deadline()));
+        state.set_metrics(metrics.render());
+        let render_now = Arc::new(Notify::new());
+        let services_stop = CancellationToken::new();
+        let mut services = JoinSet::new();
+        services.spawn(http::serve(listener, state.clone(), services_stop.clone()));
+        services.spawn(render_loop(
             metrics.clone(),
             state.clone(),
             render_now.clone(),
-            tasks_token.clone(),
+            services_stop.clone(),
+        ));
+        if cfg.subreaper {
+            rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+                .context("PR_SET_CHILD_SUBREAPER")?;
+        }
+        let reaps = cfg.subreaper || std::process::id() == 1;
+        tracing::info!(
+            listen = ?local,
+            interval = ?cfg.interval,
+            policy = %cfg.policy.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into()),
+            dry_run = dry,
+            subreaper = cfg.subreaper,
+            nofile = nofile.soft,
+            "leakwarden watching"
         );
-        tasks.spawn(async move {
-            loop {
-                state.set_metrics(metrics.render());
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(RENDER_EVERY) => {}
-                    _ = notify.notified() => {}
-                }
-            }
-        });
-    }
-
-    if cfg.subreaper {
-        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-            .context("PR_SET_CHILD_SUBREAPER")?;
-    }
-    let reaps = cfg.subreaper || std::process::id() == 1;
-
-    tracing::info!(
-        listen = ?local,
-        interval = ?cfg.interval,
-        policy = %cfg.policy.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into()),
-        dry_run = cfg.dry_run || policy.dry_run,
-        subreaper = cfg.subreaper,
-        "leakwarden watching"
-    );
-
-    let mut scanner = Scanner::new(ProcFs::new(&cfg.proc_root));
-    scanner.pod_attribution = cfg.pod_attribution;
-    let mut core = Some(Core {
-        scanner,
-        tracker: Tracker::new().with_proc_root(&cfg.proc_root),
-    });
-    let mut generation = 1u64;
-    let mut enforcer = Enforcer::new(&policy, &cfg.proc_root);
-    let mut kills: JoinSet<Enforced> = JoinSet::new();
-    let (owner_tx, mut owner_rx) = mpsc::channel::<(i32, u64)>(256);
-    let mut watchers: HashMap<(i32, u64), AbortHandle> = HashMap::new();
-    let mut watcher_tasks: JoinSet<()> = JoinSet::new();
-    let mut reported: HashSet<(String, i32, u64)> = HashSet::new();
-    let mut last_stale: Option<Instant> = None;
-    // When an orphaned tree will meet a rule's `orphaned_for`: scan then, not at the next tick.
-    let mut deadline: Option<tokio::time::Instant> = None;
-
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut policy_poll = tokio::time::interval(Duration::from_secs(2));
-    policy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    loop {
-        let mut scan_now = false;
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => scan_now = true,
-            _ = sleep_until_opt(deadline) => {
-                deadline = None;
-                scan_now = true;
-            }
-            Some(id) = owner_rx.recv() => {
-                tracing::debug!(pid = id.0, "a tree's owner exited; rescanning now");
-                watchers.remove(&id);
-                // Coalesce a burst of exits into one scan.
-                while let Ok(id) = owner_rx.try_recv() {
-                    watchers.remove(&id);
-                }
-                scan_now = true;
-            }
-            _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading the policy");
-                reload(&mut source, true, &mut policy, &mut enforcer, &mut generation, &metrics);
-            }
-            _ = policy_poll.tick() => {
-                reload(&mut source, false, &mut policy, &mut enforcer, &mut generation, &metrics);
-            }
-            Some(done) = kills.join_next() => {
-                match done {
-                    Ok(e) => {
-                        enforcer.finished(&e);
-                        for (_, o) in &e.outcomes {
-                            metrics.kill(&e.verdict.rule, o);
-                        }
-                        render_now.notify_one();
-                    }
-                    Err(e) => tracing::error!(error = %e, "a kill task failed"),
-                }
-            }
-            _ = sigchld.recv(), if reaps => {}
-            Some(_) = watcher_tasks.join_next(), if !watcher_tasks.is_empty() => {}
-        }
-        if reaps {
-            reap_zombies(&metrics);
-        }
-        if !scan_now {
-            continue;
-        }
-        let Some(mut c) = core.take() else { break };
-        c.scanner.set_policy_generation(generation);
-        let pol = policy.clone();
-        let started = Instant::now();
-        let joined = tokio::task::spawn_blocking(move || {
-            let r: Result<Analysis, ScanError> = c.scanner.scan(&pol).map(|snap| {
-                let snap = Arc::new(snap);
-                c.tracker.analyze(snap, &pol)
-            });
-            (c, r)
+        let (tx, rx) = mpsc::channel(256);
+        let owners = Owners {
+            tx,
+            rx,
+            watchers: HashMap::new(),
+            tasks: JoinSet::new(),
+            cap: leakwarden_core::limits::budget(0.5, 64, 65_536),
+        };
+        Ok(Daemon {
+            enforcer: Enforcer::new(&policy, &cfg.proc_root),
+            core: Some(Core::new(&cfg)),
+            cfg,
+            source,
+            policy,
+            generation: 1,
+            metrics,
+            state,
+            render_now,
+            services,
+            services_stop,
+            kills: JoinSet::new(),
+            owners,
+            reported: HashSet::new(),
+            last_stale: None,
+            stale_job: None,
+            killed: Vec::new(),
+            orphan_deadline: None,
+            owner_rescan: None,
+            last_scan: None,
+            reaps,
         })
-        .await;
-        let (c, result) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                // The scan panicked: the scanner state is lost; start afresh next tick.
-                tracing::error!(error = %e, "scan task failed");
-                metrics.scan_failures.inc();
-                let mut scanner = Scanner::new(ProcFs::new(&cfg.proc_root));
-                scanner.pod_attribution = cfg.pod_attribution;
-                core = Some(Core {
-                    scanner,
-                    tracker: Tracker::new().with_proc_root(&cfg.proc_root),
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let (mut sighup, mut sigchld) =
+            match (signal(SignalKind::hangup()), signal(SignalKind::child())) {
+                (Ok(h), Ok(c)) => (h, c),
+                _ => {
+                    tracing::error!("cannot install SIGHUP/SIGCHLD handlers");
+                    return;
+                }
+            };
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut policy_poll = tokio::time::interval(Duration::from_secs(2));
+        policy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let scan_now = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => true,
+                _ = sleep_until_opt(self.orphan_deadline) => {
+                    self.orphan_deadline = None;
+                    true
+                }
+                _ = sleep_until_opt(self.owner_rescan) => {
+                    self.owner_rescan = None;
+                    true
+                }
+                Some(id) = self.owners.rx.recv() => self.owner_exited(id),
+                _ = sighup.recv() => {
+                    tracing::info!("SIGHUP: reloading the policy");
+                    self.reload(true);
+                    false
+                }
+                _ = policy_poll.tick() => {
+                    self.reload(false);
+                    false
+                }
+                Some(done) = self.kills.join_next() => {
+                    self.kill_done(done);
+                    false
+                }
+                r = recv_opt(&mut self.stale_job) => {
+                    self.stale_job = None;
+                    self.stale_done(r);
+                    false
+                }
+                _ = recv_signal(&mut sigchld, self.reaps) => false,
+                Some(_) = self.owners.tasks.join_next(), if !self.owners.tasks.is_empty() => false,
+            };
+            if self.reaps {
+                reap_zombies(&self.metrics);
+            }
+            if scan_now {
+                self.scan_and_act().await;
+            }
+        }
+    }
+
+    /// A watched owner exited: rescan now, or — if the last scan was just now — once the gap
+    /// has passed, however many more exit meanwhile.
+    fn owner_exited(&mut self, id: (i32, u64)) -> bool {
+        tracing::debug!(pid = id.0, "a tree's owner exited");
+        self.owners.watchers.remove(&id);
+        while let Ok(id) = self.owners.rx.try_recv() {
+            self.owners.watchers.remove(&id);
+        }
+        match self.last_scan.map(|t| t.elapsed()) {
+            Some(since) if since < OWNER_RESCAN_GAP => {
+                let due = tokio::time::Instant::now() + (OWNER_RESCAN_GAP - since);
+                self.owner_rescan = Some(self.owner_rescan.map_or(due, |d| d.min(due)));
+                false
+            }
+            _ => true,
+        }
+    }
+
+    async fn scan_and_act(&mut self) {
+        let Some(a) = self.scan().await else { return };
+        self.enforce(&a);
+        self.stale(&a);
+        self.watch_owners(&a);
+        self.render_now.notify_one();
+    }
+
+    /// One scan on its own thread, within the scan deadline.
+    async fn scan(&mut self) -> Option<Arc<Analysis>> {
+        self.last_scan = Some(Instant::now());
+        self.owner_rescan = None;
+        let mut core = match self.core.take() {
+            Some(c) => c,
+            None => Core::new(&self.cfg),
+        };
+        core.scanner.set_policy_generation(self.generation);
+        let pol = self.policy.clone();
+        let (tx, rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("lw-scan".into())
+            .spawn(move || {
+                let r: Result<Analysis, ScanError> = core.scanner.scan(&pol).map(|snap| {
+                    let snap = Arc::new(snap);
+                    core.tracker.analyze(snap, &pol)
                 });
-                continue;
+                let _ = tx.send((core, r));
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a scan thread");
+            self.metrics.scan_failures.inc();
+            return None;
+        }
+        let deadline = self.cfg.scan_deadline();
+        let (core, result) = match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(_)) => {
+                tracing::error!("the scan thread ended without a result");
+                self.metrics.scan_failures.inc();
+                return None;
+            }
+            Err(_) => {
+                // Left behind: it finishes (or not) on its own; the next scan starts afresh
+                // (without history: ownership is judged from the snapshot alone).
+                tracing::error!(?deadline, "a scan overran its deadline; starting afresh");
+                self.metrics.scan_failures.inc();
+                self.metrics
+                    .daemon
+                    .deadline_exceeded
+                    .with_label_values(&["scan"])
+                    .inc();
+                return None;
             }
         };
-        core = Some(c);
+        self.core = Some(core);
         let a = match result {
-            Ok(a) => a,
+            Ok(a) => Arc::new(a),
             Err(e) => {
                 tracing::error!(error = %e, "scan failed");
-                metrics.scan_failures.inc();
-                continue;
+                self.metrics.scan_failures.inc();
+                return None;
             }
         };
-        metrics.observe(&a);
-        tracing::debug!(elapsed = ?started.elapsed(), procs = a.snapshot.procs.len(), "scan done");
-        state.set_ready();
+        self.metrics.observe(&a);
+        self.state.scan_completed();
+        tracing::debug!(elapsed = ?a.snapshot.duration, procs = a.snapshot.procs.len(), "scan done");
+        Some(a)
+    }
 
-        // Policy.
+    /// Judge the analysis by the policy: report lines (once per verdict), recorded decisions,
+    /// kills on owned tasks.
+    fn enforce(&mut self, a: &Analysis) {
         let facts = a.facts();
-        let verdicts = enforce::evaluate(&policy, &facts);
-        let dry = cfg.dry_run || policy.dry_run;
+        let verdicts = enforce::evaluate(&self.policy, &facts);
+        let dry = self.dry_run();
         let mut seen_reports = HashSet::new();
         for v in verdicts.iter().filter(|v| v.action == Action::Report) {
             let (pid, start) = subject_id(&facts, v);
             let key = (v.rule.clone(), pid, start);
             seen_reports.insert(key.clone());
-            if reported.insert(key) {
+            if self.reported.insert(key) {
                 tracing::warn!(target: "leakwarden::audit", rule = %v.rule, action = "report", pid, reason = %v.reason, "report: {}", v.reason);
             }
         }
-        reported.retain(|k| seen_reports.contains(k));
-        let (plans, done) = enforcer.plan(&policy, &facts, &verdicts, dry);
+        self.reported.retain(|k| seen_reports.contains(k));
+        let (plans, done) = self.enforcer.plan(&self.policy, &facts, &verdicts, dry);
         for e in &done {
             for (_, o) in &e.outcomes {
-                metrics.kill(&e.verdict.rule, o);
+                self.metrics.kill(&e.verdict.rule, o);
             }
         }
         for p in plans {
-            kills.spawn(p.execute());
+            self.kills.spawn(p.execute());
         }
-
-        deadline = next_orphan_deadline(&policy, &facts)
+        self.orphan_deadline = next_orphan_deadline(&self.policy, &facts)
             .map(|d| tokio::time::Instant::now() + d + Duration::from_millis(20));
+    }
 
-        // Stale profile directories.
-        let stale_every = (cfg.interval * 5).clamp(STALE_EVERY_MIN, STALE_EVERY_MAX);
-        if last_stale.is_none_or(|t| t.elapsed() >= stale_every) {
-            last_stale = Some(Instant::now());
-            let stale = crate::stale::find(&policy, &a, false);
-            metrics.stale_dirs.set(stale.len() as i64);
-            if !dry && policy.stale_profiles.remove {
-                for d in &stale {
-                    match crate::cleanup::remove_dir(&d.path) {
-                        Ok(()) => {
-                            tracing::info!(target: "leakwarden::audit", path = %d.path.display(), "removed stale profile directory");
-                            metrics.stale_removed.with_label_values(&["removed"]).inc();
-                        }
-                        Err(e) => {
-                            tracing::warn!(target: "leakwarden::audit", path = %d.path.display(), error = %e, "could not remove stale profile directory");
-                            metrics.stale_removed.with_label_values(&["failed"]).inc();
+    fn dry_run(&self) -> bool {
+        self.cfg.dry_run || self.policy.dry_run
+    }
+
+    fn kill_done(&mut self, done: Result<Enforced, tokio::task::JoinError>) {
+        match done {
+            Ok(e) => {
+                self.enforcer.finished(&e);
+                for (_, o) in &e.outcomes {
+                    self.metrics.kill(&e.verdict.rule, o);
+                }
+                if let Some(p) = e.profile.as_ref().filter(|_| e.tree_gone()) {
+                    if self.killed.len() < KILLED_QUEUE_MAX {
+                        self.killed.push(p.clone());
+                        // Remove it at the next scan rather than waiting for the stale timer.
+                        self.last_stale = None;
+                    }
+                }
+                self.render_now.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "a kill task failed"),
+        }
+    }
+
+    /// Start a stale-directory run off the loop (one at a time), every few intervals or at once
+    /// after a kill: killed trees' profiles first, then the stale directories.
+    fn stale(&mut self, a: &Arc<Analysis>) {
+        let every = (self.cfg.interval * 5).clamp(STALE_EVERY_MIN, STALE_EVERY_MAX);
+        if self.stale_job.is_some() || self.last_stale.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last_stale = Some(Instant::now());
+        let act = !self.dry_run() && self.policy.stale_profiles.remove;
+        let killed = std::mem::take(&mut self.killed);
+        let (policy, a, proc_root) = (self.policy.clone(), a.clone(), self.cfg.proc_root.clone());
+        let (tx, rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("lw-stale".into())
+            .spawn(move || {
+                let deadline = Instant::now() + STALE_DEADLINE;
+                let (mut removed, mut failed) = (0, 0);
+                if act {
+                    for p in &killed {
+                        let d = p.remove(&policy, &a.snapshot, &proc_root, deadline);
+                        audit_dir(&d.path, &d.result);
+                        match d.result.as_str() {
+                            "removed" => removed += 1,
+                            r if r.starts_with("failed") => failed += 1,
+                            _ => {}
                         }
                     }
                 }
+                let mut f = crate::stale::find(&policy, &a.snapshot, &proc_root, false, deadline);
+                let found = f.dirs.len();
+                if act {
+                    let (r, x) = f.remove_all(deadline);
+                    removed += r;
+                    failed += x;
+                    for d in &f.dirs {
+                        audit_dir(&d.path, &d.result);
+                    }
+                }
+                let _ = tx.send((removed, failed, found));
+            });
+        match spawned {
+            Ok(_) => self.stale_job = Some(rx),
+            Err(e) => tracing::error!(error = %e, "cannot start a stale-directory run"),
+        }
+    }
+
+    fn stale_done(&mut self, r: Option<Result<(u64, u64, usize), oneshot::error::RecvError>>) {
+        match r {
+            Some(Ok((removed, failed, found))) => {
+                self.metrics.stale_dirs.set(found as i64);
+                let c = &self.metrics.stale_removed;
+                c.with_label_values(&["removed"]).inc_by(removed);
+                c.with_label_values(&["failed"]).inc_by(failed);
+            }
+            Some(Err(_)) => tracing::error!("a stale-directory run ended without a result"),
+            None => {
+                // Its deadline passed (see recv_opt): left behind.
+                tracing::error!("a stale-directory run overran its deadline; left behind");
+                self.metrics
+                    .daemon
+                    .deadline_exceeded
+                    .with_label_values(&["stale_dirs"])
+                    .inc();
             }
         }
+    }
 
-        // Owners to watch.
+    /// Hold a pidfd on every owner of a tree, up to the budget; count the rest.
+    fn watch_owners(&mut self, a: &Analysis) {
         let want: HashSet<(i32, u64)> = a.owners.iter().copied().collect();
-        watchers.retain(|id, h| {
+        self.owners.watchers.retain(|id, h| {
             let keep = want.contains(id);
             if !keep {
                 h.abort();
             }
             keep
         });
+        let mut unwatched = 0i64;
         for id in want {
-            if watchers.contains_key(&id) {
+            if self.owners.watchers.contains_key(&id) {
                 continue;
             }
-            if let Some(h) = watch_owner(&cfg.proc_root, id, owner_tx.clone(), &mut watcher_tasks) {
-                watchers.insert(id, h);
+            if self.owners.watchers.len() >= self.owners.cap {
+                unwatched += 1;
+                continue;
+            }
+            if let Some(h) = watch_owner(
+                &self.cfg.proc_root,
+                id,
+                self.owners.tx.clone(),
+                &mut self.owners.tasks,
+            ) {
+                self.owners.watchers.insert(id, h);
             }
         }
-        render_now.notify_one();
+        let d = &self.metrics.daemon;
+        d.owners_watched.set(self.owners.watchers.len() as i64);
+        d.owners_unwatched.set(unwatched);
     }
 
-    tracing::info!("shutting down");
-    watcher_tasks.abort_all();
-    // Kills under way finish (a half-done kill-tree is worse than a slow exit), within a bound.
-    let drain = async {
-        while let Some(r) = kills.join_next().await {
-            if let Ok(e) = r {
-                for (_, o) in &e.outcomes {
-                    metrics.kill(&e.verdict.rule, o);
-                }
+    fn reload(&mut self, forced: bool) {
+        match self.source.check(forced) {
+            Reload::Unchanged => {}
+            Reload::Loaded(p) => {
+                self.policy = Arc::new(*p);
+                self.enforcer.update(&self.policy);
+                precreate_kill_series(&self.metrics, &self.policy);
+                self.generation += 1;
+                self.metrics.policy_ok.set(1);
+                self.metrics.daemon.dry_run.set(i64::from(self.dry_run()));
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                tracing::info!("policy reloaded");
+            }
+            Reload::Rejected(e) => {
+                self.metrics.policy_ok.set(0);
+                self.metrics.reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(error = %e, "new policy rejected; the previous policy stays in force");
             }
         }
-    };
-    if tokio::time::timeout(KILL_DRAIN, drain).await.is_err() {
-        tracing::warn!("kills still under way at shutdown; aborting them");
-        kills.abort_all();
     }
-    tasks_token.cancel();
-    let stop = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), stop)
-        .await
-        .is_err()
-    {
-        tasks.abort_all();
+
+    /// Kills under way finish (a half-done kill-tree is worse than a slow exit), within a bound;
+    /// then every task is ended.
+    async fn stop(mut self) {
+        tracing::info!("shutting down");
+        self.owners.tasks.abort_all();
+        let metrics = self.metrics.clone();
+        let kills = &mut self.kills;
+        let drain = async {
+            while let Some(r) = kills.join_next().await {
+                if let Ok(e) = r {
+                    for (_, o) in &e.outcomes {
+                        metrics.kill(&e.verdict.rule, o);
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(KILL_DRAIN, drain).await.is_err() {
+            tracing::warn!("kills still under way at shutdown; aborting them");
+            self.kills.abort_all();
+        }
+        self.services_stop.cancel();
+        let services = &mut self.services;
+        let stop = async { while services.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), stop)
+            .await
+            .is_err()
+        {
+            self.services.abort_all();
+        }
+        while self.owners.tasks.join_next().await.is_some() {}
     }
-    while watcher_tasks.join_next().await.is_some() {}
-    Ok(())
+}
+
+async fn render_loop(
+    metrics: Metrics,
+    state: Arc<http::State>,
+    notify: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        state.set_metrics(metrics.render());
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(RENDER_EVERY) => {}
+            _ = notify.notified() => {}
+        }
+    }
+}
+
+fn audit_dir(path: &std::path::Path, result: &str) {
+    if result == "removed" {
+        tracing::info!(target: "leakwarden::audit", path = %path.display(), "removed stale profile directory");
+    } else {
+        tracing::warn!(target: "leakwarden::audit", path = %path.display(), result, "profile directory not removed");
+    }
 }
 
 /// Every acting rule's `leakwarden_kills_total` series exist from the start (at 0), so dashboards
@@ -365,6 +628,27 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
+/// The result of a stale run, or `None` once its deadline (plus a margin) has passed; pending
+/// while no run is under way.
+async fn recv_opt(
+    job: &mut Option<oneshot::Receiver<(u64, u64, usize)>>,
+) -> Option<Result<(u64, u64, usize), oneshot::error::RecvError>> {
+    match job {
+        Some(rx) => tokio::time::timeout(STALE_DEADLINE + Duration::from_secs(10), rx)
+            .await
+            .ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_signal(s: &mut Signal, enabled: bool) {
+    if enabled {
+        s.recv().await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// How long until the first orphaned tree or process meets the `orphaned_for` of an acting rule.
 fn next_orphan_deadline(policy: &Policy, facts: &enforce::Facts) -> Option<Duration> {
     let mut best: Option<Duration> = None;
@@ -381,8 +665,7 @@ fn next_orphan_deadline(policy: &Policy, facts: &enforce::Facts) -> Option<Durat
             .filter_map(|t| t.orphaned_for)
             .chain(facts.processes.iter().filter_map(|p| p.orphaned_for));
         for o in orphan_times {
-            if o < need {
-                let left = need - o;
+            if let Some(left) = need.checked_sub(o).filter(|d| !d.is_zero()) {
                 best = Some(best.map_or(left, |b| b.min(left)));
             }
         }
@@ -406,33 +689,6 @@ fn subject_id(facts: &enforce::Facts, v: &enforce::Verdict) -> (i32, u64) {
     }
 }
 
-fn reload(
-    source: &mut PolicySource,
-    forced: bool,
-    policy: &mut Arc<Policy>,
-    enforcer: &mut Enforcer,
-    generation: &mut u64,
-    metrics: &Metrics,
-) {
-    match source.check(forced) {
-        Reload::Unchanged => {}
-        Reload::Loaded(p) => {
-            *policy = Arc::new(*p);
-            enforcer.update(policy);
-            precreate_kill_series(metrics, policy);
-            *generation += 1;
-            metrics.policy_ok.set(1);
-            metrics.reloads.with_label_values(&["success"]).inc();
-            tracing::info!("policy reloaded");
-        }
-        Reload::Rejected(e) => {
-            metrics.policy_ok.set(0);
-            metrics.reloads.with_label_values(&["rejected"]).inc();
-            tracing::error!(error = %e, "new policy rejected; the previous policy stays in force");
-        }
-    }
-}
-
 /// Open a pidfd on an owner and spawn a task that reports its exit. `None` if it is already
 /// gone or is not the process we judged (PID reused).
 fn watch_owner(
@@ -441,12 +697,15 @@ fn watch_owner(
     tx: mpsc::Sender<(i32, u64)>,
     set: &mut JoinSet<()>,
 ) -> Option<AbortHandle> {
-    let pid = rustix::process::Pid::from_raw(id.0)?;
-    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
-    // The pidfd names whatever has this PID now: check it is still the owner we judged.
-    if crate::kill::read_start_ticks(proc_root, id.0).ok()?? != id.1 {
-        return None;
-    }
+    let fs = ProcFs::new(proc_root);
+    let fd = leakwarden_core::pidfd::open_checked(
+        &fs,
+        leakwarden_core::pidfd::Identity {
+            pid: id.0,
+            start_ticks: id.1,
+        },
+    )
+    .ok()?;
     let afd = crate::kill::async_pidfd(fd).ok()?;
     Some(set.spawn(async move {
         if afd.readable().await.is_ok() {

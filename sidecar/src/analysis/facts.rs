@@ -40,6 +40,12 @@ impl Analysis {
                     .as_deref()
                     .and_then(|i| i.role.clone()),
                 profile_dir: v.tree.profile_dir.clone(),
+                profile_pid: v.tree.profile_dir.as_ref().and_then(|d| {
+                    v.tree.members.iter().map(|&i| &s.procs[i]).find_map(|p| {
+                        let named = p.info.as_deref()?.user_data_dir.as_ref()? == d;
+                        (named && !p.is_zombie()).then_some(p.pid)
+                    })
+                }),
                 age: v.age,
                 orphaned_for: v.orphaned_for,
                 rss_bytes: v.rss_bytes,
