@@ -478,6 +478,7 @@ impl Daemon {
                 let c = &self.metrics.stale_removed;
                 c.with_label_values(&["removed"]).inc_by(removed);
                 c.with_label_values(&["failed"]).inc_by(failed);
+                self.render_now.notify_one();
             }
             Some(Err(_)) => tracing::error!("a stale-directory run ended without a result"),
             None => {

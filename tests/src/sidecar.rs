@@ -707,6 +707,20 @@ pub struct FakeTree {
     pub profile: PathBuf,
 }
 
+impl FakeTree {
+    /// SIGKILL the launcher and wait until the browser is adopted by PID 1.
+    pub fn orphan(&mut self, ns: &Ns) {
+        ns.kill(self.launcher_pid, libc::SIGKILL);
+        let _ = self.launcher.nsenter.wait();
+        wait_for(
+            "the fake browser to be reparented to PID 1",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || (ns.ppid(self.browser) == Some(1)).then_some(()),
+        );
+    }
+}
+
 /// A running `leakwarden watch`.
 pub struct Watch {
     child: Option<Child>,
