@@ -7,10 +7,15 @@
 pub mod guarded;
 pub mod parse;
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
 
 pub use parse::*;
 
@@ -69,8 +74,58 @@ pub fn read_bounded(path: &Path, buf: &mut Vec<u8>, cap: usize) -> io::Result<()
 #[derive(Debug, Clone)]
 pub struct ProcFs {
     root: PathBuf,
+    /// The root, opened once: the per-process reads of a scan go through it with short relative
+    /// paths built on the stack (no allocation, no re-walk of the root's path).
+    root_fd: Option<Arc<OwnedFd>>,
     /// `stat(/proc/PID/fd).st_size` is the open-FD count (Linux ≥ 6.2); decided once.
     fd_size_is_count: bool,
+}
+
+/// `PID/file\0` in a stack buffer.
+struct RelPath {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl RelPath {
+    fn new(pid: i32, file: &str) -> Option<RelPath> {
+        let mut buf = [0u8; 64];
+        let mut digits = [0u8; 12];
+        let mut n = pid.unsigned_abs();
+        let mut d = 0;
+        loop {
+            digits[d] = b'0' + (n % 10) as u8;
+            d += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut len = 0;
+        for i in (0..d).rev() {
+            buf[len] = digits[i];
+            len += 1;
+        }
+        if !file.is_empty() {
+            let f = file.as_bytes();
+            if len + 1 + f.len() + 1 > buf.len() || f.contains(&0) {
+                return None;
+            }
+            buf[len] = b'/';
+            len += 1;
+            buf[len..len + f.len()].copy_from_slice(f);
+            len += f.len();
+        }
+        buf[len] = 0;
+        Some(RelPath { buf, len: len + 1 })
+    }
+    fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_with_nul(&self.buf[..self.len]).unwrap_or(c".")
+    }
+}
+
+fn errno(e: rustix::io::Errno) -> ReadError {
+    ReadError::from(io::Error::from(e))
 }
 
 impl Default for ProcFs {
@@ -86,9 +141,65 @@ impl ProcFs {
         let fd_size_is_count = std::fs::metadata("/proc/self/fd")
             .map(|m| m.size() > 0)
             .unwrap_or(false);
+        let root = root.into();
+        let root_fd = openat(
+            rustix::fs::CWD,
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .map(Arc::new);
         Self {
-            root: root.into(),
+            root,
+            root_fd,
             fd_size_is_count,
+        }
+    }
+
+    /// Read `PID/file` through the root's descriptor into `buf`, at most `cap` bytes.
+    fn read_rel(
+        &self,
+        pid: i32,
+        file: &str,
+        buf: &mut Vec<u8>,
+        cap: usize,
+    ) -> Result<(), ReadError> {
+        buf.clear();
+        let (Some(root), Some(rel)) = (self.root_fd.as_ref(), RelPath::new(pid, file)) else {
+            read_bounded(&self.pid_path(pid, file), buf, cap)?;
+            return Ok(());
+        };
+        let fd = openat(
+            root.as_fd(),
+            rel.as_cstr(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        loop {
+            if buf.len() >= cap {
+                buf.truncate(cap);
+                return Ok(());
+            }
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(1024);
+            }
+            let n = rustix::io::read(&fd, rustix::buffer::spare_capacity(buf)).map_err(errno)?;
+            if n == 0 {
+                buf.truncate(cap);
+                return Ok(());
+            }
+        }
+    }
+
+    /// `statx` of `PID/file` (empty: the PID's directory) through the root's descriptor.
+    fn stat_rel(&self, pid: i32, file: &str) -> Result<rustix::fs::Stat, ReadError> {
+        match (self.root_fd.as_ref(), RelPath::new(pid, file)) {
+            (Some(root), Some(rel)) => {
+                statat(root.as_fd(), rel.as_cstr(), AtFlags::empty()).map_err(errno)
+            }
+            _ => rustix::fs::stat(self.pid_path(pid, file)).map_err(errno),
         }
     }
 
@@ -112,6 +223,31 @@ impl ProcFs {
     /// The numeric entries of the root.
     pub fn pids(&self) -> io::Result<Vec<i32>> {
         let mut out = Vec::with_capacity(512);
+        if let Some(root) = self.root_fd.as_ref() {
+            let dir = openat(
+                root.as_fd(),
+                c".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut d = rustix::fs::Dir::read_from(&dir)?;
+            while let Some(e) = d.read() {
+                let e = e?;
+                let name = e.file_name().to_bytes();
+                if name.is_empty() || !name.iter().all(u8::is_ascii_digit) {
+                    continue;
+                }
+                if let Some(pid) = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|s| s.parse::<i32>().ok())
+                {
+                    if pid > 0 {
+                        out.push(pid);
+                    }
+                }
+            }
+            return Ok(out);
+        }
         for e in std::fs::read_dir(&self.root)? {
             let Ok(e) = e else { continue };
             if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
@@ -125,8 +261,7 @@ impl ProcFs {
 
     /// Read a small file of a process into `buf` (cleared first), at most [`READ_MAX`] bytes.
     pub fn read_into(&self, pid: i32, file: &str, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-        read_bounded(&self.pid_path(pid, file), buf, READ_MAX)?;
-        Ok(())
+        self.read_rel(pid, file, buf, READ_MAX)
     }
 
     pub fn stat(&self, pid: i32, buf: &mut Vec<u8>) -> Result<Stat, ReadError> {
@@ -154,15 +289,15 @@ impl ProcFs {
 
     /// Effective UID of the process (owner of /proc/PID).
     pub fn uid(&self, pid: i32) -> Result<u32, ReadError> {
-        Ok(std::fs::metadata(self.pid_path(pid, ""))?.uid())
+        Ok(self.stat_rel(pid, "")?.st_uid)
     }
 
     /// Open FD count: one `stat()` on Linux ≥ 6.2, else a directory listing.
     pub fn fd_count(&self, pid: i32) -> Result<u64, ReadError> {
-        let path = self.pid_path(pid, "fd");
         if self.fd_size_is_count {
-            return Ok(std::fs::metadata(&path)?.size());
+            return Ok(self.stat_rel(pid, "fd")?.st_size.max(0) as u64);
         }
+        let path = self.pid_path(pid, "fd");
         let mut n = 0u64;
         for e in std::fs::read_dir(&path)? {
             e?;
