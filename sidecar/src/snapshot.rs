@@ -183,11 +183,18 @@ impl Snapshot {
 }
 
 #[derive(Debug)]
+/// One identity's classification. Kept small: a node has tens of thousands of processes, almost
+/// all of them no family's, and each has an entry.
 struct Cached {
-    comm: String,
+    /// A hash of the comm the classification was made for (`exec` changes it).
+    comm: u64,
     info: Option<Arc<Info>>,
-    limit: Option<(Instant, Option<u64>)>,
     seen: u64,
+}
+
+fn comm_hash(comm: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(comm)
 }
 
 /// Errors that fail a whole scan (not one process).
@@ -207,6 +214,8 @@ pub struct Scanner {
     clk_tck: u64,
     page: u64,
     cache: HashMap<(i32, u64), Cached>,
+    /// Soft RLIMIT_NOFILE of family members: when read, the value, the scan that last saw it.
+    limits: HashMap<(i32, u64), (Instant, Option<u64>, u64)>,
     policy_generation: u64,
     scan_no: u64,
     buf: Vec<u8>,
@@ -229,6 +238,7 @@ impl Scanner {
             clk_tck,
             page,
             cache: HashMap::new(),
+            limits: HashMap::new(),
             policy_generation: 0,
             scan_no: 0,
             buf: Vec::with_capacity(1024),
@@ -280,6 +290,7 @@ impl Scanner {
         }
         let scan_no = self.scan_no;
         self.cache.retain(|_, c| c.seen == scan_no);
+        self.limits.retain(|_, l| l.2 == scan_no);
         self.blocked.retain(|_, seen| *seen == scan_no);
         skipped.fds_unreadable = self.fds_unreadable;
         let (index, children) = indices(&procs);
@@ -338,7 +349,7 @@ impl Scanner {
             self.cache.remove(&key);
         }
         let cached = match self.cache.get_mut(&key) {
-            Some(c) if c.comm == st.comm => {
+            Some(c) if c.comm == comm_hash(&st.comm) => {
                 c.seen = scan_no;
                 Some(c.info.clone())
             }
@@ -363,9 +374,8 @@ impl Scanner {
                         self.cache.insert(
                             key,
                             Cached {
-                                comm: st.comm.clone(),
+                                comm: comm_hash(&st.comm),
                                 info: info.clone(),
-                                limit: None,
                                 seen: scan_no,
                             },
                         );
@@ -375,6 +385,9 @@ impl Scanner {
             }
         };
         let fd_soft_limit = if info.is_some() {
+            if let Some(l) = self.limits.get_mut(&key) {
+                l.2 = scan_no;
+            }
             self.limit(pid, key)
         } else {
             None
@@ -399,17 +412,13 @@ impl Scanner {
 
     fn limit(&mut self, pid: i32, key: (i32, u64)) -> Option<u64> {
         let now = Instant::now();
-        if let Some(c) = self.cache.get(&key) {
-            if let Some((at, v)) = c.limit {
-                if now.duration_since(at) < LIMIT_TTL {
-                    return v;
-                }
+        if let Some((at, v, _)) = self.limits.get(&key) {
+            if now.duration_since(*at) < LIMIT_TTL {
+                return *v;
             }
         }
         let v = self.fs.nofile(pid).ok().and_then(|l| l.soft);
-        if let Some(c) = self.cache.get_mut(&key) {
-            c.limit = Some((now, v));
-        }
+        self.limits.insert(key, (now, v, self.scan_no));
         v
     }
 

@@ -118,8 +118,38 @@ struct Owners {
     cap: usize,
 }
 
+/// One scan's work, handed to the scan thread.
+type ScanJob = (
+    Core,
+    Arc<Policy>,
+    oneshot::Sender<(Core, Result<Analysis, ScanError>)>,
+);
+
+/// The long-lived thread scans run on (one thread, so one allocator arena: a fresh thread per
+/// scan scatters each snapshot over new arenas and the resident size grows with them).
+fn scan_worker() -> std::io::Result<std::sync::mpsc::Sender<ScanJob>> {
+    let (tx, rx) = std::sync::mpsc::channel::<ScanJob>();
+    std::thread::Builder::new()
+        .name("lw-scan".into())
+        .spawn(move || {
+            while let Ok((mut core, pol, reply)) = rx.recv() {
+                let r = core.scanner.scan(&pol).map(|snap| {
+                    let snap = Arc::new(snap);
+                    core.tracker.analyze(snap, &pol)
+                });
+                // The loop gave up on this scan (deadline): the worker is abandoned with it.
+                if reply.send((core, r)).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 struct Daemon {
     cfg: Config,
+    /// The scan thread; replaced when a scan overruns its deadline.
+    worker: Option<std::sync::mpsc::Sender<ScanJob>>,
     source: PolicySource,
     policy: Arc<Policy>,
     generation: u64,
@@ -205,6 +235,7 @@ impl Daemon {
             cap: leakwarden_core::limits::budget(0.5, 64, 65_536),
         };
         Ok(Daemon {
+            worker: None,
             enforcer: Enforcer::new(&policy, &cfg.proc_root),
             core: Some(Core::new(&cfg)),
             cfg,
@@ -320,19 +351,26 @@ impl Daemon {
             None => Core::new(&self.cfg),
         };
         core.scanner.set_policy_generation(self.generation);
-        let pol = self.policy.clone();
         let (tx, rx) = oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("lw-scan".into())
-            .spawn(move || {
-                let r: Result<Analysis, ScanError> = core.scanner.scan(&pol).map(|snap| {
-                    let snap = Arc::new(snap);
-                    core.tracker.analyze(snap, &pol)
-                });
-                let _ = tx.send((core, r));
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a scan thread");
+        if self.worker.is_none() {
+            match scan_worker() {
+                Ok(w) => self.worker = Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the scan thread");
+                    self.metrics.scan_failures.inc();
+                    self.core = Some(core);
+                    return None;
+                }
+            }
+        }
+        let sent = self
+            .worker
+            .as_ref()
+            .map(|w| w.send((core, self.policy.clone(), tx)));
+        if let Some(Err(std::sync::mpsc::SendError((core, _, _)))) = sent {
+            tracing::error!("the scan thread is gone; starting another");
+            self.worker = None;
+            self.core = Some(core);
             self.metrics.scan_failures.inc();
             return None;
         }
@@ -340,13 +378,16 @@ impl Daemon {
         let (core, result) = match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(x)) => x,
             Ok(Err(_)) => {
+                self.worker = None;
                 tracing::error!("the scan thread ended without a result");
                 self.metrics.scan_failures.inc();
                 return None;
             }
             Err(_) => {
-                // Left behind: it finishes (or not) on its own; the next scan starts afresh
-                // (without history: ownership is judged from the snapshot alone).
+                // Left behind with its thread: it finishes (or not) on its own; the next scan
+                // starts afresh on a new thread (without history: ownership is judged from the
+                // snapshot alone).
+                self.worker = None;
                 tracing::error!(?deadline, "a scan overran its deadline; starting afresh");
                 self.metrics.scan_failures.inc();
                 self.metrics

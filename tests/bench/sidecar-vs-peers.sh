@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The sidecar beside what users run today (issue 7, items 1 and 2): `make bench`.
 #
-#   tests/bench/sidecar-vs-peers.sh [N …]        (default: 1000 3000)
+#   tests/bench/sidecar-vs-peers.sh [N …]        (default: 1000 3000 20000)
 #
-# For each N it starts N extra idle processes (`sleep`, by PID, killed by PID at the end), then
+# For each N it starts N extra idle processes (`sleep`, by PID, killed by PID at the end) and,
+# from N = 20000 on, LW_BENCH_TREES (default 500) fake browser trees (lw-fixture: a launcher, a
+# browser named chromium with a profile and 3 children — what a node full of headless sessions
+# looks like to a scan), then
 # runs side by side on 127.0.0.1 (free ports):
 #   - leakwarden watch --dry-run --interval 1s (built-in policy; dry-run so it never signals
 #     anything on this machine). It scans on its own timer and a scrape never scans, so its
@@ -31,7 +34,8 @@ set -euo pipefail
 SECONDS_WIN=${LW_BENCH_SECONDS:-30}
 SCRAPES=${LW_BENCH_SCRAPES:-12}
 NS=("$@")
-((${#NS[@]})) || NS=(1000 3000)
+((${#NS[@]})) || NS=(1000 3000 20000)
+FIXTURE=${LW_FIXTURE:-$ROOT/target/release/lw-fixture}
 PE=$(command -v prometheus-process-exporter || true)
 NE=$(command -v prometheus-node-exporter || true)
 [[ -x $LW ]] || die "$LW missing: cargo build --release"
@@ -72,6 +76,26 @@ printf 'n\tvisible\tprog\tcpu_ms_per_op\tops\tscrape_med_ms\tscrape_max_ms\trss_
     echo
 } | tee "$MD"
 
+# spawn_trees N: N fake browser trees (launcher + browser + 3 children each), in $work, inside
+# a PID namespace of their own so that killing its `unshare` by PID ends every one of them.
+spawn_trees() {
+    local n=$1
+    [[ -x $FIXTURE ]] || die "$FIXTURE missing: make release"
+    ln -sf "$FIXTURE" "$work/chromium"
+    unshare --pid --fork --mount-proc --kill-child bash -c '
+        for ((i = 0; i < $1; i++)); do
+            "$2" launch "$3/chromium" "--user-data-dir=$3/p$i" </dev/null >/dev/null 2>&1 &
+        done
+        wait' trees "$n" "$FIXTURE" "$work" </dev/null >/dev/null 2>&1 &
+    STARTED+=($!)
+    local want=$((n * 4)) i
+    for ((i = 0; i < 600; i++)); do
+        (($(pgrep -c -f -- "--user-data-dir=$work/p" || true) >= want)) && return 0
+        sleep 0.1
+    done
+    log "only $(pgrep -c -f -- "--user-data-dir=$work/p" || true) of $want tree processes started"
+}
+
 spawn_idle() {
     local n=$1 i
     for ((i = 0; i < n; i++)); do
@@ -89,6 +113,13 @@ run_n() {
     local n=$1 p
     log "N=$n: spawning $n idle processes"
     spawn_idle "$n"
+    local trees=0
+    if ((n >= 20000)); then trees=${LW_BENCH_TREES:-500}; fi
+    if ((trees > 0)); then
+        log "N=$n: spawning $trees fake browser trees"
+        spawn_trees "$trees"
+    fi
+    TREES[$n]=$trees
     PORT[lw]=$(free_port)
     "$LW" watch --dry-run --interval 1s --listen "127.0.0.1:${PORT[lw]}" --log-level warn \
         </dev/null >/dev/null 2>"$work/lw.log" &
@@ -185,7 +216,7 @@ run_n() {
     IDLE=()
 }
 
-declare -A FLOOR_PROCS FLOOR_CPU_US FLOOR_WALL_US HEALTHZ_MS SCAN_WALL_MS VISIBLE LOAD RAW FULL CRIT_PROCS
+declare -A FLOOR_PROCS FLOOR_CPU_US FLOOR_WALL_US HEALTHZ_MS SCAN_WALL_MS VISIBLE LOAD RAW FULL CRIT_PROCS TREES
 criterion() {
     local n=$1 err grp
     err=$work/criterion-$n.log
@@ -217,6 +248,8 @@ done
         n=$(sed 's/^| \([0-9]*\) .*/\1/' <<<"$line")
         echo "${line/LOAD$n/${LOAD[$n]}}"
     done
+    echo
+    echo "Fake browser trees beside the idle processes:$(for n in "${NS[@]}"; do printf ' N=%s: %s;' "$n" "${TREES[$n]:-0}"; done) (the sidecar's RSS target at N=20000 with 500 trees: < 20 MiB)"
     echo
     echo "Scrape floor under the same load (curl + loopback + the sidecar's HTTP stack, GET /healthz, median):$(for n in "${NS[@]}"; do printf ' N=%s: %s ms;' "$n" "${HEALTHZ_MS[$n]}"; done)"
     echo
