@@ -545,7 +545,20 @@ impl Ns {
 
     /// `leakwarden watch --listen 127.0.0.1:0 ARGS` inside the namespace, ready to scrape.
     pub fn watch(&self, args: &[&str]) -> Watch {
-        let mut c = self.cmd(bin("leakwarden"));
+        self.watch_with(&[], args)
+    }
+
+    /// `PREFIX… leakwarden watch --listen 127.0.0.1:0 ARGS` (a prefix that execs its command:
+    /// `setpriv …`, `prlimit … --`).
+    pub fn watch_with(&self, prefix: &[&str], args: &[&str]) -> Watch {
+        let mut c = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = self.cmd(p);
+                c.args(rest).arg(bin("leakwarden"));
+                c
+            }
+            None => self.cmd(bin("leakwarden")),
+        };
         c.args(["watch", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())

@@ -390,4 +390,32 @@ mod tests {
             .collect();
         assert_eq!(got, [("ratio", 10), ("leak", 10), ("zombies", 11)]);
     }
+
+    #[test]
+    fn role_selects_trees_for_kill_tree_rules_by_their_roots_role() {
+        // The shipped max-age example: kill browser trees, not chromedriver's.
+        let p = pol(concat!(
+            "rules:\n  - name: browser-max-age\n    family: [chromium, chromedriver, crashpad]\n",
+            "    role: browser\n    when: {age: 1h}\n    action: kill-tree\n",
+        ));
+        let mut driver = tree(&[30, 31], None);
+        driver.family = "chromedriver".into();
+        driver.families = vec!["chromedriver".into(), "chromium".into()];
+        driver.role = Some("driver".into());
+        driver.age = Duration::from_secs(7200);
+        let mut browser = tree(&[10, 11], None);
+        browser.age = Duration::from_secs(7200);
+        let v = evaluate(
+            &p,
+            &Facts {
+                processes: vec![],
+                trees: vec![driver, browser],
+            },
+        );
+        assert_eq!(
+            v.iter().map(|v| v.subject.clone()).collect::<Vec<_>>(),
+            [Subject::Tree(1)],
+            "only the browser's tree"
+        );
+    }
 }
