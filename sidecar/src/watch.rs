@@ -158,7 +158,7 @@ struct Daemon {
     render_now: Arc<Notify>,
     services: JoinSet<()>,
     services_stop: CancellationToken,
-    core: Option<Core>,
+    core: Option<Box<Core>>,
     enforcer: Enforcer,
     kills: JoinSet<Enforced>,
     owners: Owners,
@@ -237,7 +237,7 @@ impl Daemon {
         Ok(Daemon {
             worker: None,
             enforcer: Enforcer::new(&policy, &cfg.proc_root),
-            core: Some(Core::new(&cfg)),
+            core: Some(Box::new(Core::new(&cfg))),
             cfg,
             source,
             policy,
@@ -348,7 +348,7 @@ impl Daemon {
         self.owner_rescan = None;
         let mut core = match self.core.take() {
             Some(c) => c,
-            None => Core::new(&self.cfg),
+            None => Box::new(Core::new(&self.cfg)),
         };
         core.scanner.set_policy_generation(self.generation);
         let (tx, rx) = oneshot::channel();
