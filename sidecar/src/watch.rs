@@ -120,9 +120,9 @@ struct Owners {
 
 /// One scan's work, handed to the scan thread.
 type ScanJob = (
-    Core,
+    Box<Core>,
     Arc<Policy>,
-    oneshot::Sender<(Core, Result<Analysis, ScanError>)>,
+    oneshot::Sender<(Box<Core>, Result<Analysis, ScanError>)>,
 );
 
 /// The long-lived thread scans run on (one thread, so one allocator arena: a fresh thread per
