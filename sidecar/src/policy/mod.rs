@@ -3,6 +3,7 @@
 //! [`schema`] is the YAML schema (serde, unknown fields rejected); [`load`]/[`parse`] turn text
 //! into a validated [`Policy`] or a [`PolicyError`] that names the file, line and column.
 
+pub mod bounds;
 pub mod schema;
 pub mod units;
 
@@ -208,32 +209,7 @@ fn validate(policy: &Policy, text: &str, path: &Path) -> Result<(), PolicyError>
                 ),
             ));
         }
-        if let Some(ratio) = r.when.fd_ratio_above {
-            if !(0.0..=1.0).contains(&ratio) {
-                return Err(err(
-                    "fd_ratio_above",
-                    format!(
-                        "rule {:?}: fd_ratio_above must be between 0 and 1, got {ratio}",
-                        r.name
-                    ),
-                ));
-            }
-        }
-        if r.grace.0 > std::time::Duration::from_secs(600) {
-            return Err(err(
-                "grace",
-                format!("rule {:?}: grace above 10m is not allowed", r.name),
-            ));
-        }
-    }
-    if policy.leak.min_samples < 4 {
-        return Err(err(
-            "min_samples",
-            "leak.min_samples must be at least 4 for the trend test to mean anything".into(),
-        ));
-    }
-    if !(0.0 < policy.leak.alpha && policy.leak.alpha < 0.5) {
-        return Err(err("alpha", "leak.alpha must be in (0, 0.5)".into()));
+        // Numbers (grace, fd_ratio_above, …) are range-checked while parsing: `bounds`.
     }
     Ok(())
 }
