@@ -38,6 +38,27 @@ pub const MAX_MIN_ZOMBIES: u64 = 1 << 22;
 /// Highest `leak.min_relative_slope_per_hour` (10,000 % per hour).
 pub const MAX_RELATIVE_SLOPE_PER_HOUR: f64 = 100.0;
 
+/// Largest policy text: a policy is a page or two (the built-in one is 2 KiB); this is room for
+/// hundreds of rules, and it bounds what YAML, the regex compiler and error location work
+/// through.
+pub const MAX_POLICY_BYTES: usize = 256 << 10;
+/// Most `[` and `{` characters a policy may hold outside comment lines. libyaml (under
+/// serde_norway) checks every pending simple key of every open flow level at each token, so its
+/// time grows with tokens × flow nesting: 200,000 nested `[` in 400 KB took minutes, before
+/// serde_norway's own nesting limit (128) saw any of it. Counting every bracket — flow-style
+/// `[…]`/`{…}` and regex classes alike — needs no YAML lexer to be sure of (a bracket in a
+/// quoted string can only be counted too often); measured worst case at [`MAX_POLICY_BYTES`]:
+/// about 0.6 s.
+pub const MAX_BRACKETS: usize = 1024;
+/// Most regular expressions one policy may compile (every `comm`, `exe`, `cmdline` and stale
+/// pattern, aliases counted each time they are used): with [`PATTERN_SIZE_LIMIT`] this bounds
+/// the memory a policy's regexes can take (measured: under 0.5 MiB for the largest regex the
+/// limit lets through, so under 64 MiB in all).
+pub const MAX_PATTERNS: usize = 128;
+/// Largest compiled program of one regex, and the most its lazy DFA may cache (regex's own
+/// defaults are 10 MiB and 2 MiB).
+pub const PATTERN_SIZE_LIMIT: usize = 256 << 10;
+
 // === durations ===
 
 /// `grace`: `0` (SIGKILL at once) to [`MAX_GRACE`].

@@ -358,16 +358,63 @@ impl Serialize for Pattern {
     }
 }
 
-/// Regexes are compiled while parsing (with a size limit, so a hostile policy cannot blow up
-/// memory), so a bad one is reported at its line and column.
+/// Regexes are compiled while parsing, so a bad one is reported at its line and column. Each is
+/// size-limited and one parse compiles at most its [`PatternBudget`], so a hostile policy cannot
+/// blow up memory or time — not even by naming one anchored regex through thousands of aliases.
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
+        if !PatternBudget::take() {
+            return Err(D::Error::custom(format!(
+                "more than {} regular expressions in one policy",
+                bounds::MAX_PATTERNS
+            )));
+        }
         regex::RegexBuilder::new(&s)
-            .size_limit(1 << 20)
+            .size_limit(bounds::PATTERN_SIZE_LIMIT)
+            .dfa_size_limit(bounds::PATTERN_SIZE_LIMIT)
             .build()
             .map(Pattern)
             .map_err(|e| D::Error::custom(format!("invalid regex {s:?}: {e}")))
+    }
+}
+
+thread_local! {
+    /// Regexes the parse running on this thread may still compile (`None`: no parse running).
+    static PATTERNS_LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// How many regexes one parse may compile. serde gives a `Deserialize` impl no context, so the
+/// count lives in a thread-local that [`parse`](super::parse) sets for the length of one
+/// `from_str` (deserialization runs on the caller's thread) and this guard restores.
+pub(crate) struct PatternBudget {
+    previous: Option<usize>,
+}
+
+impl PatternBudget {
+    pub(crate) fn start(n: usize) -> Self {
+        PatternBudget {
+            previous: PATTERNS_LEFT.with(|c| c.replace(Some(n))),
+        }
+    }
+
+    /// Take one regex from the running parse's budget; false when it is spent. Outside a
+    /// parse (a `Pattern` deserialized directly) there is no budget.
+    fn take() -> bool {
+        PATTERNS_LEFT.with(|c| match c.get() {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                c.set(Some(n - 1));
+                true
+            }
+        })
+    }
+}
+
+impl Drop for PatternBudget {
+    fn drop(&mut self) {
+        PATTERNS_LEFT.with(|c| c.set(self.previous));
     }
 }
 
