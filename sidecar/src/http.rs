@@ -33,6 +33,14 @@ pub struct State {
 }
 
 impl State {
+    /// A state whose front-end counters are `http` (the ones [`crate::metrics::Metrics`] exports).
+    pub fn new(http: Arc<Stats>) -> Self {
+        State {
+            http,
+            ..State::default()
+        }
+    }
+
     pub fn set_metrics(&self, text: Vec<u8>) {
         if let Ok(mut m) = self.metrics.write() {
             *m = Bytes::from(text);

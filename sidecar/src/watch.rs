@@ -92,7 +92,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         metrics.stale_removed.with_label_values(&[o]);
     }
     precreate_kill_series(&metrics, &policy);
-    let state = Arc::new(http::State::default());
+    let state = Arc::new(http::State::new(metrics.http.clone()));
     state.set_metrics(metrics.render());
     let render_now = Arc::new(Notify::new());
 
