@@ -30,7 +30,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{self, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// How the front end treats its clients.
@@ -100,17 +100,18 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let t0 = Instant::now();
-    let mut conns: JoinSet<u64> = JoinSet::new();
+    let mut conns: JoinSet<()> = JoinSet::new();
     let mut slots: HashMap<u64, Slot> = HashMap::new();
+    // Which slot each connection task holds, by task id: a task that panicked returns no value,
+    // only its id, and its slot must still be given back.
+    let mut tasks: HashMap<task::Id, u64> = HashMap::new();
     let mut next_id = 0u64;
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Ok(id) = done {
-                    slots.remove(&id);
-                }
+            Some(done) = conns.join_next_with_id(), if !conns.is_empty() => {
+                release(&mut slots, &mut tasks, done);
                 stats.open.store(slots.len(), Ordering::Relaxed);
                 continue;
             }
@@ -140,10 +141,8 @@ pub async fn serve<H, F, B>(
             }
         };
         // Finished connections first, so the cap counts only live ones.
-        while let Some(done) = conns.try_join_next() {
-            if let Ok(id) = done {
-                slots.remove(&id);
-            }
+        while let Some(done) = conns.try_join_next_with_id() {
+            release(&mut slots, &mut tasks, done);
         }
         if slots.len() >= cfg.max_connections && !evict_quietest(&slots, &stats) {
             stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +169,7 @@ pub async fn serve<H, F, B>(
         let handler = handler.clone();
         let stop = shutdown.clone();
         let cfg = cfg.clone();
-        conns.spawn(async move {
+        let task = conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
                 let busy = busy.clone();
@@ -201,8 +200,8 @@ pub async fn serve<H, F, B>(
                     let _ = tokio::time::timeout(cfg.drain, conn).await;
                 }
             }
-            id
         });
+        tasks.insert(task.id(), id);
     }
     let drain = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(cfg.drain + Duration::from_millis(500), drain)
@@ -213,6 +212,26 @@ pub async fn serve<H, F, B>(
         while conns.join_next().await.is_some() {}
     }
     stats.open.store(0, Ordering::Relaxed);
+}
+
+/// Give back the slot of a finished connection task, whether it returned or panicked.
+fn release(
+    slots: &mut HashMap<u64, Slot>,
+    tasks: &mut HashMap<task::Id, u64>,
+    done: Result<(task::Id, ()), task::JoinError>,
+) {
+    let tid = match done {
+        Ok((tid, ())) => tid,
+        Err(e) => {
+            if e.is_panic() {
+                tracing::error!(error = %e, "a connection task panicked");
+            }
+            e.id()
+        }
+    };
+    if let Some(id) = tasks.remove(&tid) {
+        slots.remove(&id);
+    }
 }
 
 /// Close the connection that has been quiet longest among those with no request in flight.

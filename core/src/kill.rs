@@ -166,14 +166,14 @@ impl Engine {
         };
         signal_all(&mut live, &mut outcomes, first);
         if first == Signal::TERM {
-            let deadline = tokio::time::Instant::now() + grace;
+            let deadline = deadline_after(grace);
             wait_exits(&mut live, &mut outcomes, deadline, Outcome::Terminated).await;
             signal_all(&mut live, &mut outcomes, Signal::KILL);
         }
         for (_, fd) in &live {
             pidfd::mrelease(fd.get_ref());
         }
-        let deadline = tokio::time::Instant::now() + kill_wait;
+        let deadline = deadline_after(kill_wait);
         wait_exits(&mut live, &mut outcomes, deadline, Outcome::Killed).await;
         for (i, _) in live.drain(..) {
             outcomes[i] = Some(Outcome::Failed(format!(
@@ -262,12 +262,33 @@ async fn wait_exits(
     }
 }
 
+/// `now + wait`, saturating: a caller's wait (a policy's grace) must never panic the clock
+/// arithmetic. A wait too long to represent is a wait of a century, which is forever here.
+fn deadline_after(wait: Duration) -> tokio::time::Instant {
+    const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(FOREVER))
+        .unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::process::{Child, Command};
     use std::time::Instant;
+
+    /// A grace nobody can represent (`Duration::MAX`) waits "forever"; `Instant + Duration`
+    /// panicked on it.
+    #[test]
+    fn an_unrepresentable_wait_is_forever_not_a_panic() {
+        let far = deadline_after(Duration::MAX);
+        let year = Duration::from_secs(365 * 86_400);
+        assert!(far > tokio::time::Instant::now() + year);
+        let soon = deadline_after(Duration::from_secs(1));
+        assert!(soon <= tokio::time::Instant::now() + Duration::from_secs(1));
+    }
 
     fn spawn(cmd: &str) -> Child {
         Command::new("sh")

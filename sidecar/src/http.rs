@@ -41,17 +41,22 @@ pub struct State {
 
 impl Default for State {
     fn default() -> Self {
-        Self::new(Duration::from_secs(5), Duration::from_secs(50))
+        Self::new(
+            Duration::from_secs(5),
+            Duration::from_secs(50),
+            Arc::default(),
+        )
     }
 }
 
 impl State {
-    /// State for a daemon scanning every `interval`, each scan within `scan_deadline`.
-    pub fn new(interval: Duration, scan_deadline: Duration) -> Self {
+    /// State for a daemon scanning every `interval`, each scan within `scan_deadline`, whose
+    /// front-end counters are `http` (the ones [`crate::metrics::Metrics`] exports).
+    pub fn new(interval: Duration, scan_deadline: Duration, http: Arc<Stats>) -> Self {
         State {
             metrics: RwLock::default(),
             ready: AtomicBool::new(false),
-            http: Arc::default(),
+            http,
             started: Instant::now(),
             last_scan_ms: AtomicU64::new(0),
             stale_after: interval * 3 + scan_deadline,

@@ -3,6 +3,13 @@
 //! command line. Gauges are set from each [`Analysis`]; `/metrics` serves a text rendering made on
 //! a background timer, so a scrape never scans.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use leakwarden_core::http::Stats;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -42,6 +49,9 @@ pub struct Metrics {
     pub stale_removed: IntCounterVec,
     pub scan_duration: Histogram,
     pub zombies_reaped: IntCounter,
+    /// The HTTP front end's counters: hand them to the server ([`crate::http::State::new`]);
+    /// they are exported as `leakwarden_http_*`, read at each rendering.
+    pub http: Arc<Stats>,
     /// The daemon's own state (see `watch.rs`).
     pub daemon: DaemonMetrics,
 }
@@ -165,6 +175,8 @@ impl Metrics {
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let http = Arc::new(Stats::default());
+        r.register(Box::new(HttpCollector::new(http.clone())?))?;
         Ok(Metrics {
             processes: gv(r, "leakwarden_processes", "Processes per family.", &["family"])?,
             orphan_processes: gv(
@@ -259,6 +271,7 @@ impl Metrics {
             scan_duration,
             zombies_reaped,
             daemon: DaemonMetrics::register(r)?,
+            http,
             registry,
         })
     }
@@ -367,9 +380,125 @@ impl Metrics {
     }
 }
 
+// === impl HttpCollector ===
+
+/// The front end counts in atomics of its own ([`Stats`]); this reads them when the registry is
+/// gathered, so the hot path (accepting a connection) never touches a metric.
+struct HttpCollector {
+    stats: Arc<Stats>,
+    descs: Vec<Desc>,
+}
+
+/// Name, help and type of each exported front-end counter, in [`HttpCollector::values`] order.
+const HTTP_METRICS: [(&str, &str, MetricType); 4] = [
+    (
+        "leakwarden_http_connections_open",
+        "Connections the HTTP server (/metrics, probes) holds open now.",
+        MetricType::GAUGE,
+    ),
+    (
+        "leakwarden_http_connections_evicted_total",
+        "Quiet idle connections the HTTP server closed to make room for a new one at its cap.",
+        MetricType::COUNTER,
+    ),
+    (
+        "leakwarden_http_connections_refused_total",
+        "New connections the HTTP server turned away because every open one was busy.",
+        MetricType::COUNTER,
+    ),
+    (
+        "leakwarden_http_accept_errors_total",
+        "Failed accepts (EMFILE and friends: the server then backs off).",
+        MetricType::COUNTER,
+    ),
+];
+
+impl HttpCollector {
+    fn new(stats: Arc<Stats>) -> prometheus::Result<Self> {
+        let descs = HTTP_METRICS
+            .iter()
+            .map(|(name, help, _)| {
+                Desc::new(name.to_string(), help.to_string(), vec![], HashMap::new())
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(HttpCollector { stats, descs })
+    }
+
+    fn values(&self) -> [f64; 4] {
+        let s = &self.stats;
+        [
+            s.open.load(Ordering::Relaxed) as f64,
+            s.evicted.load(Ordering::Relaxed) as f64,
+            s.refused.load(Ordering::Relaxed) as f64,
+            s.accept_errors.load(Ordering::Relaxed) as f64,
+        ]
+    }
+}
+
+impl Collector for HttpCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        HTTP_METRICS
+            .iter()
+            .zip(self.values())
+            .map(|((name, help, kind), v)| {
+                let mut m = proto::Metric::default();
+                match kind {
+                    MetricType::COUNTER => {
+                        let mut c = proto::Counter::default();
+                        c.set_value(v);
+                        m.set_counter(c);
+                    }
+                    _ => {
+                        let mut g = proto::Gauge::default();
+                        g.set_value(v);
+                        m.set_gauge(g);
+                    }
+                }
+                let mut f = MetricFamily::default();
+                f.set_name(name.to_string());
+                f.set_help(help.to_string());
+                f.set_field_type(*kind);
+                f.set_metric(vec![m]);
+                f
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_front_end_counters_are_read_at_render_time() {
+        let m = Metrics::register(Registry::new()).expect("register");
+        let before = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            before.contains("\nleakwarden_http_connections_open 0\n"),
+            "{before}"
+        );
+        m.http.open.store(7, Ordering::Relaxed);
+        m.http.evicted.store(3, Ordering::Relaxed);
+        m.http.refused.store(2, Ordering::Relaxed);
+        m.http.accept_errors.store(1, Ordering::Relaxed);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        for line in [
+            "# TYPE leakwarden_http_connections_open gauge",
+            "leakwarden_http_connections_open 7",
+            "# TYPE leakwarden_http_connections_evicted_total counter",
+            "leakwarden_http_connections_evicted_total 3",
+            "# TYPE leakwarden_http_connections_refused_total counter",
+            "leakwarden_http_connections_refused_total 2",
+            "# TYPE leakwarden_http_accept_errors_total counter",
+            "leakwarden_http_accept_errors_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn registers_and_renders_contract_names() {

@@ -200,7 +200,11 @@ impl Daemon {
         precreate_kill_series(&metrics, &policy);
         let dry = cfg.dry_run || policy.dry_run;
         metrics.daemon.dry_run.set(i64::from(dry));
-        let state = Arc::new(http::State::new(cfg.interval, cfg.scan_deadline()));
+        let state = Arc::new(http::State::new(
+            cfg.interval,
+            cfg.scan_deadline(),
+            metrics.http.clone(),
+        ));
         state.set_metrics(metrics.render());
         let render_now = Arc::new(Notify::new());
         let services_stop = CancellationToken::new();

@@ -469,6 +469,10 @@ fn metrics_pass_promtool_check() {
         "leakwarden_family_open_fds",
         "leakwarden_scan_duration_seconds_bucket",
         "leakwarden_build_info",
+        "leakwarden_http_connections_open",
+        "leakwarden_http_connections_evicted_total",
+        "leakwarden_http_connections_refused_total",
+        "leakwarden_http_accept_errors_total",
         "process_open_fds",
     ] {
         assert!(

@@ -408,5 +408,60 @@ mod tests {
         fn cmdline_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse_cmdline(&bytes);
         }
+
+        /// A `/proc/PID/limits` as the kernel writes it (fixed-width columns, `unlimited`,
+        /// every other limit around the one we read, in any order) gives back its NOFILE pair.
+        #[test]
+        fn limits_round_trip(
+            soft in proptest::option::of(any::<u64>()),
+            hard in proptest::option::of(any::<u64>()),
+            others in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("Max cpu time"), Just("Max file size"), Just("Max processes"),
+                        Just("Max locked memory"), Just("Max address space"),
+                        Just("Max msgqueue size"), Just("Max realtime timeout"),
+                    ],
+                    proptest::option::of(any::<u64>()),
+                ),
+                0..10,
+            ),
+            at in any::<usize>(),
+        ) {
+            let v = |x: Option<u64>| x.map_or("unlimited".to_string(), |n| n.to_string());
+            let mut lines: Vec<String> = others
+                .iter()
+                .map(|(name, x)| format!("{name:<26}{:<21}{:<21}units     ", v(*x), v(*x)))
+                .collect();
+            let nofile = format!("{:<26}{:<21}{:<21}files     ", "Max open files", v(soft), v(hard));
+            lines.insert(at % (lines.len() + 1), nofile);
+            let text = format!(
+                "Limit                     Soft Limit           Hard Limit           Units     \n{}\n",
+                lines.join("\n")
+            );
+            prop_assert_eq!(parse_limits(&text), NofileLimits { soft, hard });
+        }
+
+        /// A `/proc/PID/status` with any uids and any NSpid chain, among other fields (tabs or
+        /// spaces between values, as kernels have written both), gives them back.
+        #[test]
+        fn status_round_trip(
+            uid in any::<[u32; 4]>(),
+            ns_pid in proptest::collection::vec(1i32..=i32::MAX, 1..5),
+            name in "[^\n\u{0}]{0,15}",
+            sep in prop_oneof![Just("\t"), Just(" ")],
+            uid_first in any::<bool>(),
+        ) {
+            let join = |v: Vec<String>| v.join(sep);
+            let uid_line = format!("Uid:\t{}", join(uid.iter().map(u32::to_string).collect()));
+            let nspid_line = format!("NSpid:\t{}", join(ns_pid.iter().map(i32::to_string).collect()));
+            let (a, b) = if uid_first { (uid_line, nspid_line) } else { (nspid_line, uid_line) };
+            let text = format!(
+                "Name:\t{name}\nUmask:\t0022\nState:\tS (sleeping)\n{a}\nGid:\t0\t0\t0\t0\nNSpgid:\t1\n{b}\nThreads:\t1\n"
+            );
+            let s = parse_status(&text);
+            prop_assert_eq!(s.uid, Some(uid));
+            prop_assert_eq!(s.ns_pid, ns_pid);
+        }
     }
 }

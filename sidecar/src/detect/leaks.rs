@@ -60,7 +60,7 @@ pub struct Series {
 }
 
 /// Samples kept at most, whatever the window (bounds memory per tree).
-const MAX_SAMPLES: usize = 720;
+pub const MAX_SAMPLES: usize = 720;
 /// Theil–Sen works on at most this many points (evenly subsampled): O(n²) pairs.
 pub const MAX_FIT_POINTS: usize = 200;
 /// Each half of the window must show at least this fraction of the whole window's slope (same

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::de::{Deserializer, Error as _};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::bounds;
 use super::units::{ByteSize, HumanDuration};
 
 /// A whole policy.
@@ -17,7 +18,10 @@ pub struct Policy {
     #[serde(default)]
     pub dry_run: bool,
     /// At most this many kill actions (each a process or a tree) in any 60 s window.
-    #[serde(default = "default_max_kills_per_minute")]
+    #[serde(
+        default = "default_max_kills_per_minute",
+        deserialize_with = "bounds::max_kills_per_minute"
+    )]
     pub max_kills_per_minute: u32,
     /// Processes no rule may touch, in addition to PID 1 and the sidecar itself (always protected).
     #[serde(default)]
@@ -111,7 +115,7 @@ pub struct Rule {
     #[serde(default)]
     pub action: Action,
     /// Time between SIGTERM and SIGKILL.
-    #[serde(default = "default_grace")]
+    #[serde(default = "default_grace", deserialize_with = "bounds::grace")]
     pub grace: HumanDuration,
 }
 
@@ -133,10 +137,18 @@ pub struct Conditions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_above: Option<ByteSize>,
     /// Open file descriptors above.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "bounds::fds_above",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fds_above: Option<u64>,
     /// Open FDs divided by the soft RLIMIT_NOFILE above this ratio (0..1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "bounds::fd_ratio_above",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fd_ratio_above: Option<f64>,
     /// The leak detector's verdict has been "growing" for at least `for`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,7 +174,10 @@ pub struct LeakCondition {
 #[serde(deny_unknown_fields)]
 pub struct ZombieCondition {
     /// At least this many zombie children.
-    #[serde(default = "default_min_zombies")]
+    #[serde(
+        default = "default_min_zombies",
+        deserialize_with = "bounds::min_zombies"
+    )]
     pub min_zombies: u32,
     /// For at least this long.
     #[serde(rename = "for", default)]
@@ -224,16 +239,25 @@ impl Action {
 #[serde(deny_unknown_fields)]
 pub struct LeakSettings {
     /// How much history the detector looks at.
-    #[serde(default = "default_leak_window")]
+    #[serde(
+        default = "default_leak_window",
+        deserialize_with = "bounds::leak_window"
+    )]
     pub window: HumanDuration,
     /// Fewest samples before a verdict is given.
-    #[serde(default = "default_leak_min_samples")]
+    #[serde(
+        default = "default_leak_min_samples",
+        deserialize_with = "bounds::min_samples"
+    )]
     pub min_samples: usize,
     /// Mann–Kendall significance level (two-sided).
-    #[serde(default = "default_leak_alpha")]
+    #[serde(default = "default_leak_alpha", deserialize_with = "bounds::alpha")]
     pub alpha: f64,
     /// Ignore growth slower than this fraction of the current value per hour (noise floor).
-    #[serde(default = "default_leak_min_relative_slope")]
+    #[serde(
+        default = "default_leak_min_relative_slope",
+        deserialize_with = "bounds::min_relative_slope"
+    )]
     pub min_relative_slope_per_hour: f64,
 }
 
@@ -334,16 +358,63 @@ impl Serialize for Pattern {
     }
 }
 
-/// Regexes are compiled while parsing (with a size limit, so a hostile policy cannot blow up
-/// memory), so a bad one is reported at its line and column.
+/// Regexes are compiled while parsing, so a bad one is reported at its line and column. Each is
+/// size-limited and one parse compiles at most its [`PatternBudget`], so a hostile policy cannot
+/// blow up memory or time — not even by naming one anchored regex through thousands of aliases.
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
+        if !PatternBudget::take() {
+            return Err(D::Error::custom(format!(
+                "more than {} regular expressions in one policy",
+                bounds::MAX_PATTERNS
+            )));
+        }
         regex::RegexBuilder::new(&s)
-            .size_limit(1 << 20)
+            .size_limit(bounds::PATTERN_SIZE_LIMIT)
+            .dfa_size_limit(bounds::PATTERN_SIZE_LIMIT)
             .build()
             .map(Pattern)
             .map_err(|e| D::Error::custom(format!("invalid regex {s:?}: {e}")))
+    }
+}
+
+thread_local! {
+    /// Regexes the parse running on this thread may still compile (`None`: no parse running).
+    static PATTERNS_LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// How many regexes one parse may compile. serde gives a `Deserialize` impl no context, so the
+/// count lives in a thread-local that [`parse`](super::parse) sets for the length of one
+/// `from_str` (deserialization runs on the caller's thread) and this guard restores.
+pub(crate) struct PatternBudget {
+    previous: Option<usize>,
+}
+
+impl PatternBudget {
+    pub(crate) fn start(n: usize) -> Self {
+        PatternBudget {
+            previous: PATTERNS_LEFT.with(|c| c.replace(Some(n))),
+        }
+    }
+
+    /// Take one regex from the running parse's budget; false when it is spent. Outside a
+    /// parse (a `Pattern` deserialized directly) there is no budget.
+    fn take() -> bool {
+        PATTERNS_LEFT.with(|c| match c.get() {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                c.set(Some(n - 1));
+                true
+            }
+        })
+    }
+}
+
+impl Drop for PatternBudget {
+    fn drop(&mut self) {
+        PATTERNS_LEFT.with(|c| c.set(self.previous));
     }
 }
 
