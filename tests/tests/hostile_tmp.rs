@@ -389,3 +389,37 @@ fn a_killed_trees_profile_goes_with_it_inside_a_root_and_stays_outside() {
         |v| v >= 1.0,
     );
 }
+
+/// `stale_profiles.owners`: only directories owned by the uids the policy names are removed —
+/// another user's look-alike in a shared /tmp stays.
+#[test]
+fn only_directories_of_the_allowed_owners_are_removed() {
+    if skip_without_unshare() {
+        return;
+    }
+    let ns = Ns::new();
+    let mine = ns.path("org.chromium.Chromium.mine");
+    let theirs = ns.path("org.chromium.Chromium.theirs");
+    for d in [&mine, &theirs] {
+        std::fs::create_dir(d).expect("mkdir");
+        std::fs::write(d.join("f"), "x").expect("write");
+    }
+    std::os::unix::fs::chown(&theirs, Some(1234), Some(1234)).expect("chown");
+    age(&mine);
+    age(&theirs);
+    let pol = ns.write(
+        "policy.yaml",
+        &format!(
+            "families:\n{FAKE_CHROMIUM_FAMILY}stale_profiles:\n  roots: ['{}']\n  owners: [0]\n  older_than: 1s\n",
+            ns.dir.path().display()
+        ),
+    );
+    let (code, report, took) = cleanup_bounded(&ns, &pol, &["--kill"], Duration::from_secs(20));
+    assert_eq!(code, 3, "{report:#}");
+    assert!(!mine.exists(), "{report:#}");
+    assert!(
+        theirs.join("f").exists(),
+        "another uid's directory was removed: {report:#}"
+    );
+    hostile("stale-looking dir of another uid (owners: [0])", took, 0);
+}

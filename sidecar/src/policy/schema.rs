@@ -289,10 +289,14 @@ impl Default for LeakSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaleProfiles {
-    /// Directories whose entries are checked (besides every `--user-data-dir` seen). Default: the
-    /// sidecar's TMPDIR or /tmp.
+    /// The only directories whose entries are checked and removed. Default: the sidecar's TMPDIR
+    /// and /tmp.
     #[serde(default)]
     pub roots: Vec<String>,
+    /// When not empty: only directories owned by one of these uids are removed (a shared /tmp
+    /// holds other users' data too).
+    #[serde(default)]
+    pub owners: Vec<u32>,
     /// Entry names that are browser scratch directories (regex on the file name).
     #[serde(default = "default_stale_patterns")]
     pub patterns: Vec<Pattern>,
@@ -328,6 +332,7 @@ impl Default for StaleProfiles {
     fn default() -> Self {
         Self {
             roots: Vec::new(),
+            owners: Vec::new(),
             patterns: default_stale_patterns(),
             older_than: default_stale_age(),
             remove: true,

@@ -143,6 +143,9 @@ pub fn find(
             if m.kind != FileType::Directory || m.mnt != root.meta.mnt {
                 continue; // a symlink, a file, or a mount point: not ours
             }
+            if !sp.owners.is_empty() && !sp.owners.contains(&m.uid) {
+                continue; // another user's
+            }
             if in_use.covers(m.id, name.as_bytes()) {
                 continue;
             }
@@ -320,7 +323,15 @@ impl KilledProfile {
             ));
         }
         match fsops::stat_at(parent.as_fd(), &self.name) {
-            Ok(m) if m.id == self.id && m.kind == FileType::Directory && m.mnt == pm.mnt => {}
+            Ok(m) if m.id == self.id && m.kind == FileType::Directory && m.mnt == pm.mnt => {
+                let owners = &policy.stale_profiles.owners;
+                if !owners.is_empty() && !owners.contains(&m.uid) {
+                    return Err(Why::Kept(format!(
+                        "owned by uid {}, not one the policy allows",
+                        m.uid
+                    )));
+                }
+            }
             Ok(_) => return Err(Why::Kept("its name now names something else".into())),
             Err(e) => return Err(Why::Failed(format!("stat: {e}"))),
         }
