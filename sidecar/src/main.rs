@@ -140,12 +140,20 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("bad --log-level {level:?}: {e}"))?;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),
     }
     Ok(())
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set (https://no-color.org): logs
+/// redirected to a file or read by journald carry no escape codes.
+fn colour() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn load_policy(path: Option<&std::path::Path>) -> Result<policy::Policy, i32> {
