@@ -16,6 +16,7 @@ pub mod family;
 pub mod http;
 pub mod kill;
 pub mod metrics;
+pub mod notify;
 pub mod oneshot;
 pub mod policy;
 pub mod proc;

@@ -172,6 +172,9 @@ struct Daemon {
     owner_rescan: Option<tokio::time::Instant>,
     last_scan: Option<Instant>,
     reaps: bool,
+    /// systemd's notification socket (`Type=notify`), and whether READY=1 was sent.
+    notifier: Option<crate::notify::Notifier>,
+    ready_sent: bool,
 }
 
 impl Daemon {
@@ -261,6 +264,8 @@ impl Daemon {
             owner_rescan: None,
             last_scan: None,
             reaps,
+            notifier: crate::notify::Notifier::from_env(),
+            ready_sent: false,
         })
     }
 
@@ -277,6 +282,10 @@ impl Daemon {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut policy_poll = tokio::time::interval(Duration::from_secs(2));
         policy_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // systemd's watchdog: pinged from this loop, and only while scans complete.
+        let mut watchdog = crate::notify::watchdog_every()
+            .filter(|_| self.notifier.is_some())
+            .map(tokio::time::interval);
         loop {
             let scan_now = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -309,6 +318,14 @@ impl Daemon {
                     false
                 }
                 _ = recv_signal(&mut sigchld, self.reaps) => false,
+                _ = tick_opt(&mut watchdog) => {
+                    if self.ready_sent && self.state.is_healthy() {
+                        if let Some(n) = &self.notifier {
+                            n.send("WATCHDOG=1");
+                        }
+                    }
+                    false
+                }
                 Some(_) = self.owners.tasks.join_next(), if !self.owners.tasks.is_empty() => false,
             };
             if self.reaps {
@@ -413,6 +430,12 @@ impl Daemon {
         };
         self.metrics.observe(&a);
         self.state.scan_completed();
+        if !self.ready_sent {
+            self.ready_sent = true;
+            if let Some(n) = &self.notifier {
+                n.send("READY=1\nSTATUS=scanning");
+            }
+        }
         tracing::debug!(elapsed = ?a.snapshot.duration, procs = a.snapshot.procs.len(), "scan done");
         Some(a)
     }
@@ -596,6 +619,9 @@ impl Daemon {
     /// then every task is ended.
     async fn stop(mut self) {
         tracing::info!("shutting down");
+        if let Some(n) = &self.notifier {
+            n.send("STOPPING=1");
+        }
         self.owners.tasks.abort_all();
         let metrics = self.metrics.clone();
         let kills = &mut self.kills;
@@ -684,6 +710,15 @@ async fn recv_opt(
             .await
             .ok(),
         None => std::future::pending().await,
+    }
+}
+
+async fn tick_opt(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
