@@ -41,7 +41,7 @@ impl Notifier {
 /// How often to ping the watchdog: half of `WATCHDOG_USEC` (systemd's own advice), if it is set
 /// for this process (`WATCHDOG_PID` absent or ours).
 pub fn watchdog_every() -> Option<Duration> {
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
             return None;
         }
