@@ -5,6 +5,8 @@
 //! - `GET /healthz` — 200 while scans complete; 503 once none has completed for three intervals
 //!   plus the scan deadline (a wedged sidecar should be restarted, not trusted).
 //! - `GET /readyz` — 200 once the first complete scan is done, 503 before.
+//! - `GET /` — the status page (HTML, no script, refreshes itself); `GET /api/v1/status` — the
+//!   same as JSON (see [`crate::status`]).
 //!
 //! Served by the shared front end ([`leakwarden_core::http`]): connections are accepted at once
 //! whatever else is open, headers must arrive within 3 s, the quietest idle connection makes room
@@ -29,6 +31,8 @@ pub use leakwarden_core::http::bind;
 #[derive(Debug)]
 pub struct State {
     metrics: RwLock<Bytes>,
+    /// The status page and its JSON (see [`crate::status`]), rendered after scans.
+    status: RwLock<(Bytes, Bytes)>,
     ready: AtomicBool,
     /// What the front end did (connections evicted, refused, …), for the metrics.
     pub http: Arc<Stats>,
@@ -55,6 +59,7 @@ impl State {
     pub fn new(interval: Duration, scan_deadline: Duration, http: Arc<Stats>) -> Self {
         State {
             metrics: RwLock::default(),
+            status: RwLock::default(),
             ready: AtomicBool::new(false),
             http,
             started: Instant::now(),
@@ -72,6 +77,14 @@ impl State {
     pub fn is_healthy(&self) -> bool {
         let last = Duration::from_millis(self.last_scan_ms.load(Ordering::Acquire));
         self.started.elapsed().saturating_sub(last) <= self.stale_after
+    }
+    pub fn set_status(&self, html: Vec<u8>, json: Vec<u8>) {
+        if let Ok(mut s) = self.status.write() {
+            *s = (Bytes::from(html), Bytes::from(json));
+        }
+    }
+    fn status(&self) -> (Bytes, Bytes) {
+        self.status.read().map(|s| s.clone()).unwrap_or_default()
     }
     pub fn set_metrics(&self, text: Vec<u8>) {
         if let Ok(mut m) = self.metrics.write() {
@@ -129,7 +142,34 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "first scan not done\n"),
-        "/" => text(StatusCode::OK, "leakwarden: /metrics /healthz /readyz\n"),
+        "/" | "/api/v1/status" => {
+            let (html, json) = state.status();
+            let (body, ctype) = match req.uri().path() {
+                "/" => (html, "text/html; charset=utf-8"),
+                _ => (json, "application/json"),
+            };
+            if body.is_empty() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "first scan not done\n");
+            }
+            let mut r = Response::new(Full::new(body));
+            if let Ok(v) = ctype.parse() {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            // Process names and paths are on it: no framing, no sniffing.
+            for (k, v) in [
+                ("x-content-type-options", "nosniff"),
+                (
+                    "content-security-policy",
+                    "default-src 'none'; style-src 'unsafe-inline'",
+                ),
+                ("x-frame-options", "DENY"),
+            ] {
+                if let Ok(v) = v.parse() {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            r
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -24,4 +24,5 @@ pub mod reload;
 pub mod report;
 pub mod snapshot;
 pub mod stale;
+pub mod status;
 pub mod watch;

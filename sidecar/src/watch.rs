@@ -47,8 +47,25 @@ const RENDER_EVERY: Duration = Duration::from_secs(2);
 const KILL_DRAIN: Duration = Duration::from_secs(10);
 /// Owner exits arriving closer together than this share one rescan.
 pub const OWNER_RESCAN_GAP: Duration = Duration::from_millis(250);
+/// Stale directories a run reports to the status page, at most.
+const STALE_SHOWN: usize = 100;
 /// Killed trees' profiles waiting for a stale run, at most.
 const KILLED_QUEUE_MAX: usize = 256;
+
+/// What one stale-directory run did.
+struct StaleRun {
+    removed: u64,
+    failed: u64,
+    found: usize,
+    dirs: Vec<crate::cleanup::StaleDir>,
+}
+
+fn policy_source(cfg: &Config) -> String {
+    cfg.policy
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in default".into())
+}
 
 /// `watch` settings (from the command line).
 #[derive(Debug, Clone)]
@@ -164,7 +181,7 @@ struct Daemon {
     owners: Owners,
     reported: HashSet<(String, i32, u64)>,
     last_stale: Option<Instant>,
-    stale_job: Option<oneshot::Receiver<(u64, u64, usize)>>,
+    stale_job: Option<oneshot::Receiver<StaleRun>>,
     killed: Vec<Arc<KilledProfile>>,
     /// When an orphaned tree will meet a rule's `orphaned_for`: scan then, not at the next tick.
     orphan_deadline: Option<tokio::time::Instant>,
@@ -172,6 +189,9 @@ struct Daemon {
     owner_rescan: Option<tokio::time::Instant>,
     last_scan: Option<Instant>,
     reaps: bool,
+    /// What the status page shows, and when it was last rendered.
+    board: crate::status::Board,
+    board_rendered: Option<Instant>,
     /// systemd's notification socket (`Type=notify`), and whether READY=1 was sent.
     notifier: Option<crate::notify::Notifier>,
     ready_sent: bool,
@@ -233,6 +253,8 @@ impl Daemon {
             nofile = nofile.soft,
             "leakwarden watching"
         );
+        let mut board = crate::status::Board::default();
+        board.set_policy(&policy, policy_source(&cfg), dry);
         let (tx, rx) = mpsc::channel(256);
         let owners = Owners {
             tx,
@@ -266,6 +288,8 @@ impl Daemon {
             reaps,
             notifier: crate::notify::Notifier::from_env(),
             ready_sent: false,
+            board,
+            board_rendered: None,
         })
     }
 
@@ -360,6 +384,15 @@ impl Daemon {
         self.enforce(&a);
         self.stale(&a);
         self.watch_owners(&a);
+        // The status page, at most every RENDER_EVERY: a request never scans or renders.
+        if self
+            .board_rendered
+            .is_none_or(|t| t.elapsed() >= RENDER_EVERY)
+        {
+            self.board_rendered = Some(Instant::now());
+            let (html, json) = self.board.render(&a);
+            self.state.set_status(html, json);
+        }
         self.render_now.notify_one();
     }
 
@@ -461,6 +494,8 @@ impl Daemon {
             for (_, o) in &e.outcomes {
                 self.metrics.kill(&e.verdict.rule, o);
             }
+            self.board
+                .kills(&e.verdict.rule, e.verdict.action.as_str(), &e.outcomes);
         }
         for p in plans {
             self.kills.spawn(p.execute());
@@ -480,6 +515,8 @@ impl Daemon {
                 for (_, o) in &e.outcomes {
                     self.metrics.kill(&e.verdict.rule, o);
                 }
+                self.board
+                    .kills(&e.verdict.rule, e.verdict.action.as_str(), &e.outcomes);
                 if let Some(p) = e.profile.as_ref().filter(|_| e.tree_gone()) {
                     if self.killed.len() < KILLED_QUEUE_MAX {
                         self.killed.push(p.clone());
@@ -531,7 +568,14 @@ impl Daemon {
                         audit_dir(&d.path, &d.result);
                     }
                 }
-                let _ = tx.send((removed, failed, found));
+                let mut dirs = f.dirs;
+                dirs.truncate(STALE_SHOWN);
+                let _ = tx.send(StaleRun {
+                    removed,
+                    failed,
+                    found,
+                    dirs,
+                });
             });
         match spawned {
             Ok(_) => self.stale_job = Some(rx),
@@ -539,9 +583,15 @@ impl Daemon {
         }
     }
 
-    fn stale_done(&mut self, r: Option<Result<(u64, u64, usize), oneshot::error::RecvError>>) {
+    fn stale_done(&mut self, r: Option<Result<StaleRun, oneshot::error::RecvError>>) {
         match r {
-            Some(Ok((removed, failed, found))) => {
+            Some(Ok(StaleRun {
+                removed,
+                failed,
+                found,
+                dirs,
+            })) => {
+                self.board.stale(dirs);
                 self.metrics.stale_dirs.set(found as i64);
                 let c = &self.metrics.stale_removed;
                 c.with_label_values(&["removed"]).inc_by(removed);
@@ -703,8 +753,8 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
 /// The result of a stale run, or `None` once its deadline (plus a margin) has passed; pending
 /// while no run is under way.
 async fn recv_opt(
-    job: &mut Option<oneshot::Receiver<(u64, u64, usize)>>,
-) -> Option<Result<(u64, u64, usize), oneshot::error::RecvError>> {
+    job: &mut Option<oneshot::Receiver<StaleRun>>,
+) -> Option<Result<StaleRun, oneshot::error::RecvError>> {
     match job {
         Some(rx) => tokio::time::timeout(STALE_DEADLINE + Duration::from_secs(10), rx)
             .await
