@@ -27,6 +27,7 @@ pub mod pool;
 pub mod proc;
 pub mod reaper;
 pub mod rundir;
+pub mod serve;
 pub mod session;
 pub mod signal;
 pub mod site;
@@ -65,37 +66,13 @@ pub async fn run(
     let started = Instant::now();
     let procfs = Procfs::default();
 
-    let stale = rundir::remove_dead_runs(&cfg.run_root, &procfs, None);
-    for d in &stale.removed {
-        tracing::info!(dir = %d.display(), "removed the directory of a dead run");
-    }
-    for d in &stale.in_use {
-        tracing::warn!(dir = %d.display(), "a dead run's directory is still used by a live process; leaving it to the sidecar");
-    }
-    metrics
-        .stale_run_dirs_removed
-        .inc_by(stale.removed.len() as u64);
-    let run_dir = rundir::RunDir::create(&cfg.run_root, &procfs).with_context(|| {
-        format!(
-            "creating the run directory under {}",
-            cfg.run_root.display()
-        )
-    })?;
-    let run_path = run_dir.path().to_path_buf();
     let abandon = cfg
         .job
         .faults
         .iter()
         .any(|f| f.fault == faults::Fault::Abandon);
-    let longest = browser::longest_tmpdir(&run_path, abandon);
-    if longest > browser::MAX_TMPDIR_LEN {
-        let _ = run_dir.remove();
-        anyhow::bail!(
-            "--run-dir {} is too long: browser temp directories would reach {longest} bytes, and Chromium's unix socket paths allow {} there; use a shorter --run-dir",
-            cfg.run_root.display(),
-            browser::MAX_TMPDIR_LEN
-        );
-    }
+    let (run_dir, stale_removed) = prepare_run_dir(&cfg.run_root, &procfs, &metrics, abandon)?;
+    let run_path = run_dir.path().to_path_buf();
     tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
 
     if abandon {
@@ -265,15 +242,48 @@ pub async fn run(
         records.snapshot(),
         stats,
         extra_leaks,
-        stale.removed.len() as u64,
+        stale_removed,
         run_dir_removed,
         shutdown.intake.is_cancelled(),
     );
     Ok(summary)
 }
 
+/// Remove the directories of dead runs under `root`, then create this run's directory and check
+/// that browser temp paths under it stay short enough for Chromium's unix sockets. Returns the
+/// directory and how many dead runs' directories were removed.
+pub(crate) fn prepare_run_dir(
+    root: &std::path::Path,
+    procfs: &Procfs,
+    metrics: &Metrics,
+    abandon: bool,
+) -> anyhow::Result<(rundir::RunDir, u64)> {
+    let stale = rundir::remove_dead_runs(root, procfs, None);
+    for d in &stale.removed {
+        tracing::info!(dir = %d.display(), "removed the directory of a dead run");
+    }
+    for d in &stale.in_use {
+        tracing::warn!(dir = %d.display(), "a dead run's directory is still used by a live process; leaving it to the sidecar");
+    }
+    metrics
+        .stale_run_dirs_removed
+        .inc_by(stale.removed.len() as u64);
+    let run_dir = rundir::RunDir::create(root, procfs)
+        .with_context(|| format!("creating the run directory under {}", root.display()))?;
+    let longest = browser::longest_tmpdir(run_dir.path(), abandon);
+    if longest > browser::MAX_TMPDIR_LEN {
+        let _ = run_dir.remove();
+        anyhow::bail!(
+            "--run-dir {} is too long: browser temp directories would reach {longest} bytes, and Chromium's unix socket paths allow {} there; use a shorter --run-dir",
+            root.display(),
+            browser::MAX_TMPDIR_LEN
+        );
+    }
+    Ok((run_dir, stale.removed.len() as u64))
+}
+
 /// Last line of defence: any process still naming the run directory is terminated and counted.
-async fn sweep_run_dir(procfs: &Procfs, run_dir: &std::path::Path, spec: &Spec) -> u64 {
+pub(crate) async fn sweep_run_dir(procfs: &Procfs, run_dir: &std::path::Path, spec: &Spec) -> u64 {
     let mut needle = run_dir.as_os_str().as_encoded_bytes().to_vec();
     needle.push(b'/');
     let me = rustix::process::getpid().as_raw_nonzero().get();

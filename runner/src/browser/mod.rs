@@ -33,6 +33,8 @@ use crate::kill;
 use crate::launcher::{LaunchHandle, Mode, Owned};
 use crate::proc::{Procfs, Stat};
 
+pub mod pipe;
+
 /// Flags for every browser. Headless as root needs `--no-sandbox`; the rest cut work a runner
 /// never needs (background networking, component updates, sync, first-run UI, GPU).
 ///
@@ -351,7 +353,7 @@ impl Browser {
 }
 
 /// Everything after the CDP close, with or without a CDP connection.
-async fn destroy(
+pub(crate) async fn destroy(
     pid: i32,
     start_time: u64,
     pidfd: Option<&OwnedFd>,
@@ -471,7 +473,7 @@ async fn blocking<T: Send + Default + 'static>(f: impl FnOnce() -> T + Send + 's
     tokio::task::spawn_blocking(f).await.unwrap_or_default()
 }
 
-fn stderr_tail(dir: &Path) -> String {
+pub(crate) fn stderr_tail(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     let lines: Vec<&str> = text
         .lines()
