@@ -203,12 +203,23 @@ fn version(svc: &Service, req: &Request<Incoming>) -> Response<Body> {
         .filter(|q| !q.is_empty())
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
+    // Chromium writes `537.36 (@<revision>)`; chromedriver parses it.
+    let webkit = v
+        .get("userAgent")
+        .and_then(|u| u.as_str())
+        .and_then(|u| u.split("AppleWebKit/").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(|w| {
+            let rev = v.get("revision").and_then(|r| r.as_str()).unwrap_or("");
+            serde_json::Value::from(format!("{w} ({rev})"))
+        })
+        .unwrap_or(serde_json::Value::Null);
     let body = serde_json::json!({
         "Browser": field("product"),
         "Protocol-Version": v.get("protocolVersion").cloned().unwrap_or_else(|| "1.3".into()),
         "User-Agent": field("userAgent"),
         "V8-Version": field("jsVersion"),
-        "WebKit-Version": field("revision"),
+        "WebKit-Version": webkit,
         "webSocketDebuggerUrl": format!("ws://{}/devtools/browser{query}", host(svc, req)),
     });
     json(StatusCode::OK, body.to_string())

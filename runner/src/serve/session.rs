@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -168,6 +169,8 @@ fn classify(e: &WsError, too_big: &mut bool) -> End {
             *too_big = true;
             End::ProtocolError
         }
+        // The peer vanished without a close frame: a killed client, a dropped network.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Disconnected,
         WsError::Protocol(_) | WsError::Utf8(_) => End::ProtocolError,
         WsError::WriteBufferFull(_) => End::SlowClient,
         _ => End::Disconnected,
