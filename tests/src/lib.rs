@@ -105,4 +105,5 @@ pub fn chromium() -> Option<PathBuf> {
 pub mod incidents;
 pub mod ops;
 pub mod runner;
+pub mod serve;
 pub mod sidecar;
