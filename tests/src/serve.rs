@@ -33,12 +33,18 @@ impl ServeRun {
     /// Start `leakwarden-runner serve --listen 127.0.0.1:<free> --run-dir <tmp> --site-port
     /// <free> ARGS…` in a private PID namespace and wait until `/readyz` says ready.
     pub fn start(args: &[&str]) -> ServeRun {
-        let dir = test_dir();
+        Self::start_in(test_dir(), args)
+    }
+
+    /// Like [`ServeRun::start`], over an existing test directory (a restart over the same
+    /// `--run-dir`).
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> ServeRun {
         let root = dir.path().to_path_buf();
         let port = free_port();
         let site_port = free_port();
-        let rc_file = root.join("rc");
-        let stderr = root.join("stderr.txt");
+        let n = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
+        let rc_file = root.join(format!("rc-{n}"));
+        let stderr = root.join(format!("stderr-{n}.txt"));
         let mut cmd = in_pid_namespace("sh");
         cmd.arg("-c").arg(INIT).arg("sh").arg(&rc_file);
         cmd.arg(bin("leakwarden-runner")).arg("serve");

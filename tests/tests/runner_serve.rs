@@ -491,3 +491,48 @@ fn serve_sigterm_with_a_session_open_drains_and_exits_0_chromium() {
     );
     run.finish();
 }
+
+/// SIGKILL the service with a session open: its browsers die with it (parent-death signal, and
+/// end of file on their CDP pipes), and the next start over the same --run-dir removes the dead
+/// run's directory.
+#[test]
+fn serve_sigkilled_takes_its_browsers_along_and_a_restart_sweeps_chromium() {
+    if !ready() {
+        return;
+    }
+    let run = ServeRun::start(&[]);
+    let mut client = start_holding(node("hold.js", &[&run.ws_url(), &run.site()]));
+    let dead_run = leakwarden_tests::runner::dirs_under(&run.root);
+    assert_eq!(dead_run.len(), 1);
+    run.signal(Signal::KILL);
+    let t = Instant::now();
+    let procs = wait_for_empty(|| run.processes_left(), Duration::from_secs(10));
+    assert!(
+        procs.is_empty(),
+        "browsers outlived the SIGKILLed service: {procs:#?}"
+    );
+    eprintln!(
+        "every browser gone {:?} after the service's SIGKILL",
+        t.elapsed()
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+    let dir = run.finish();
+    assert!(
+        dead_run[0].exists(),
+        "the dead run's directory stays until a restart"
+    );
+    let again = ServeRun::start_in(dir, &[]);
+    assert!(
+        !dead_run[0].exists(),
+        "the restart removed the dead run's directory"
+    );
+    assert!(
+        again
+            .stderr()
+            .contains("removed the directory of a dead run"),
+        "{}",
+        again.logs()
+    );
+    stop_and_assert_nothing_left(again);
+}
