@@ -6,7 +6,7 @@
 //! playwright-core under `tests/clients/node_modules`, Playwright for Python in
 //! `target/tools/venv`. Client scripts live in `tests/clients/`.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -335,4 +335,52 @@ pub fn run_client(cmd: &mut Command, deadline: Duration) -> serde_json::Value {
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no JSON from the client: {}", crate::describe(cmd, &out)))
+}
+
+/// SIGTERM the service: it drains, exits 0, and leaves no process and no directory.
+pub fn stop_and_assert_nothing_left(run: ServeRun) {
+    run.signal(rustix::process::Signal::TERM);
+    let rc = run.wait_exit(Duration::from_secs(60));
+    assert_eq!(rc, 0, "exit code\n{}", run.logs());
+    let procs = crate::runner::wait_for_empty(|| run.processes_left(), Duration::from_secs(5));
+    assert!(
+        procs.is_empty(),
+        "processes left: {procs:#?}\n{}",
+        run.logs()
+    );
+    let dirs = crate::runner::dirs_under(&run.root);
+    assert!(
+        dirs.is_empty(),
+        "directories left: {dirs:?}\n{}",
+        run.logs()
+    );
+    run.finish();
+}
+
+pub fn ended(run: &ServeRun, reason: &str) -> f64 {
+    crate::runner::metric(
+        &run.metrics(),
+        &format!("leakwarden_runner_sessions_ended_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(-1.0)
+}
+
+/// Start a client that prints "navigating" mid-session; return it once it has.
+pub fn start_holding(mut cmd: std::process::Command) -> std::process::Child {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn client");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("navigating") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        panic!("the client never got to its navigation");
+    }
+    child
 }

@@ -4,49 +4,19 @@
 //! closed and verified, and nothing is left.
 //! See: issue 13 ("Runner, part 2: leak-proof browsers for the clients people already have").
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use leakwarden_tests::runner::{metric, prerequisites, signal, wait_for_empty};
 use leakwarden_tests::serve::{
-    browser_group, browser_processes, clients_installed, node, python_client, rss_and_fds,
-    run_client, ServeRun,
+    browser_group, browser_processes, clients_installed, ended, node, python_client, rss_and_fds,
+    run_client, start_holding, stop_and_assert_nothing_left, ServeRun,
 };
 use rustix::process::Signal;
 
 fn ready() -> bool {
     prerequisites() && clients_installed()
-}
-
-/// SIGTERM the service: it drains, exits 0, and leaves no process and no directory.
-fn stop_and_assert_nothing_left(run: ServeRun) {
-    run.signal(Signal::TERM);
-    let rc = run.wait_exit(Duration::from_secs(60));
-    assert_eq!(rc, 0, "exit code\n{}", run.logs());
-    let procs = wait_for_empty(|| run.processes_left(), Duration::from_secs(5));
-    assert!(
-        procs.is_empty(),
-        "processes left: {procs:#?}\n{}",
-        run.logs()
-    );
-    let dirs = leakwarden_tests::runner::dirs_under(&run.root);
-    assert!(
-        dirs.is_empty(),
-        "directories left: {dirs:?}\n{}",
-        run.logs()
-    );
-    run.finish();
-}
-
-fn ended(run: &ServeRun, reason: &str) -> f64 {
-    metric(
-        &run.metrics(),
-        &format!("leakwarden_runner_sessions_ended_total{{reason=\"{reason}\"}}"),
-    )
-    .unwrap_or(-1.0)
 }
 
 fn assert_session_result(v: &serde_json::Value) {
@@ -138,26 +108,6 @@ fn serve_playwright_python_connect_over_cdp_chromium() {
         || run.sessions().is_empty().then_some(()),
     );
     stop_and_assert_nothing_left(run);
-}
-
-/// Start a client that prints "navigating" mid-session; return it once it has.
-fn start_holding(mut cmd: std::process::Command) -> std::process::Child {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("spawn client");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains("navigating") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-        let _ = child.kill();
-        panic!("the client never got to its navigation");
-    }
-    child
 }
 
 /// SIGKILL a client mid-navigation; its browser's processes and directory must be gone within

@@ -81,8 +81,9 @@ struct State {
     ready: VecDeque<PipeBrowser>,
     launching: usize,
     leased: HashMap<u64, Leased>,
-    /// Sessions waiting in `acquire`.
-    waiting: usize,
+    /// Tickets of the sessions waiting in `acquire`, in arrival order.
+    queue: VecDeque<u64>,
+    next_ticket: u64,
     breaker: Breaker,
     /// A launch is waiting for memory right now.
     memory_blocked: bool,
@@ -127,7 +128,8 @@ impl WarmPool {
                 ready: VecDeque::new(),
                 launching: 0,
                 leased: HashMap::new(),
-                waiting: 0,
+                queue: VecDeque::new(),
+                next_ticket: 0,
                 breaker,
                 memory_blocked: false,
                 closed: false,
@@ -177,11 +179,11 @@ impl WarmPool {
     }
 
     /// A browser for one session: a ready one at once, or the next one launched, until
-    /// `deadline`. Cancel-safe.
+    /// `deadline`. Waiting sessions are served in arrival order. Cancel-safe.
     pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, AcquireError> {
         let mut start = Start::Warm;
-        // Counted as waiting (which asks for one more launch) only once it has to wait.
-        let mut waiting: Option<Waiting> = None;
+        // A place in line, taken only once it has to wait (and counted as wanting a launch).
+        let mut queued: Option<Queued> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -191,7 +193,14 @@ impl WarmPool {
                 if st.closed {
                     return Err(AcquireError::Closed);
                 }
-                while let Some(b) = st.ready.pop_front() {
+                let my_turn = match &queued {
+                    None => st.queue.is_empty(),
+                    Some(q) => st.queue.front() == Some(&q.ticket),
+                };
+                while my_turn {
+                    let Some(b) = st.ready.pop_front() else {
+                        break;
+                    };
                     if b.dead.is_cancelled() {
                         tracing::warn!(
                             browser = b.id,
@@ -200,9 +209,9 @@ impl WarmPool {
                         self.spawn_close(b, false);
                         continue;
                     }
-                    if let Some(mut w) = waiting.take() {
-                        w.armed = false;
-                        st.waiting = st.waiting.saturating_sub(1);
+                    if let Some(mut q) = queued.take() {
+                        q.armed = false;
+                        st.queue.pop_front();
                     }
                     st.leased.insert(b.id, Leased { pid: b.pid, rss: 0 });
                     self.metrics.pool_ready.set(st.ready.len() as i64);
@@ -211,16 +220,25 @@ impl WarmPool {
                         Start::Cold => self.metrics.pool_cold_starts.inc(),
                     }
                     self.maybe_launch(&mut st);
+                    let more = !st.ready.is_empty() && !st.queue.is_empty();
+                    drop(st);
+                    if more {
+                        // The next in line may take the next ready browser.
+                        self.changed.notify_waiters();
+                    }
                     return Ok(Lease {
                         pool: self.clone(),
                         browser: Some(b),
                         start,
                     });
                 }
-                if waiting.is_none() {
-                    st.waiting += 1;
-                    waiting = Some(Waiting {
+                if queued.is_none() {
+                    let ticket = st.next_ticket;
+                    st.next_ticket += 1;
+                    st.queue.push_back(ticket);
+                    queued = Some(Queued {
                         pool: self.clone(),
+                        ticket,
                         armed: true,
                     });
                 }
@@ -246,7 +264,7 @@ impl WarmPool {
         }
         loop {
             let live = st.ready.len() + st.launching + st.leased.len();
-            let wanted = self.cfg.warm + st.waiting;
+            let wanted = self.cfg.warm + st.queue.len();
             if st.ready.len() + st.launching >= wanted
                 || live >= self.cfg.max_live
                 || st.launching >= MAX_PARALLEL_LAUNCHES
@@ -495,18 +513,24 @@ impl WarmPool {
     }
 }
 
-/// Counts a session waiting in `acquire` for as long as it waits (also when its future is
-/// dropped while waiting).
-struct Waiting {
+/// A session's place in line in `acquire`; leaving (also when its future is dropped while
+/// waiting) lets the next one through.
+struct Queued {
     pool: Arc<WarmPool>,
+    ticket: u64,
     armed: bool,
 }
 
-impl Drop for Waiting {
+impl Drop for Queued {
     fn drop(&mut self) {
         if self.armed {
-            let mut st = self.pool.lock();
-            st.waiting = st.waiting.saturating_sub(1);
+            {
+                let mut st = self.pool.lock();
+                if let Some(i) = st.queue.iter().position(|&t| t == self.ticket) {
+                    st.queue.remove(i);
+                }
+            }
+            self.pool.changed.notify_waiters();
         }
     }
 }

@@ -25,8 +25,10 @@ pub enum Rejected {
 
 struct Inner {
     active: usize,
-    waiters: VecDeque<(u64, oneshot::Sender<()>)>,
+    waiters: VecDeque<(u64, oneshot::Sender<u64>)>,
     next: u64,
+    /// Slots granted so far: the next one's sequence number.
+    granted: u64,
     closed: bool,
 }
 
@@ -39,6 +41,15 @@ pub struct Gate {
 /// A session slot; dropping it frees the slot (to the queue's head first).
 pub struct Slot {
     gate: Arc<Gate>,
+    seq: u64,
+}
+
+impl Slot {
+    /// The order in which this slot was granted (1, 2, …): first come, first served means
+    /// connections get increasing numbers in their arrival order.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 impl Drop for Slot {
@@ -50,7 +61,8 @@ impl Drop for Slot {
 
 fn release(g: &mut Inner) {
     while let Some((_, tx)) = g.waiters.pop_front() {
-        if tx.send(()).is_ok() {
+        g.granted += 1;
+        if tx.send(g.granted).is_ok() {
             // The slot moved to that waiter: `active` stays.
             return;
         }
@@ -62,26 +74,27 @@ fn release(g: &mut Inner) {
 struct Queued {
     gate: Arc<Gate>,
     id: u64,
-    rx: oneshot::Receiver<()>,
+    rx: oneshot::Receiver<u64>,
     done: bool,
 }
 
 impl Queued {
-    /// Leave the queue. `true` if a slot had been handed over meanwhile (the caller owns it).
-    fn leave(&mut self) -> bool {
+    /// Leave the queue. `Some(seq)` if a slot had been handed over meanwhile (the caller owns
+    /// it).
+    fn leave(&mut self) -> Option<u64> {
         self.done = true;
         let mut g = self.gate.lock();
         if let Some(i) = g.waiters.iter().position(|(id, _)| *id == self.id) {
             g.waiters.remove(i);
-            return false;
+            return None;
         }
-        self.rx.try_recv().is_ok()
+        self.rx.try_recv().ok()
     }
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        if !self.done && self.leave() {
+        if !self.done && self.leave().is_some() {
             let mut g = self.gate.lock();
             release(&mut g);
         }
@@ -97,6 +110,7 @@ impl Gate {
                 active: 0,
                 waiters: VecDeque::new(),
                 next: 0,
+                granted: 0,
                 closed: false,
             }),
         })
@@ -129,7 +143,11 @@ impl Gate {
             }
             if g.active < self.max && g.waiters.is_empty() {
                 g.active += 1;
-                return Ok(Slot { gate: self.clone() });
+                g.granted += 1;
+                return Ok(Slot {
+                    gate: self.clone(),
+                    seq: g.granted,
+                });
             }
             if g.waiters.len() >= self.queue {
                 return Err(Rejected::QueueFull);
@@ -149,15 +167,14 @@ impl Gate {
             r = &mut queued.rx => {
                 queued.done = true;
                 match r {
-                    Ok(()) => Ok(Slot { gate: self.clone() }),
+                    Ok(seq) => Ok(Slot { gate: self.clone(), seq }),
                     Err(_) => Err(Rejected::Closed),
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                if queued.leave() {
-                    Ok(Slot { gate: self.clone() })
-                } else {
-                    Err(Rejected::QueueTimeout)
+                match queued.leave() {
+                    Some(seq) => Ok(Slot { gate: self.clone(), seq }),
+                    None => Err(Rejected::QueueTimeout),
                 }
             }
         }
@@ -210,7 +227,7 @@ mod tests {
             let (g, order) = (g.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let slot = g.enter(soon(5000)).await.unwrap();
-                order.lock().unwrap().push(i);
+                order.lock().unwrap().push((i, slot.seq()));
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 drop(slot);
             }));
@@ -221,7 +238,10 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec![(0, 2), (1, 3), (2, 4), (3, 5), (4, 6)]
+        );
         assert_eq!(g.counts(), (0, 0));
     }
 

@@ -17,7 +17,6 @@
 //! passed; 503 + `Retry-After` when memory admission or failing launches left no browser, or
 //! while draining.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -319,7 +318,8 @@ async fn upgrade(svc: Arc<Service>, mut req: Request<Incoming>) -> Response<Body
     svc.smetrics
         .queue_wait
         .observe(arrived.elapsed().as_secs_f64());
-    let id = svc.next_session.fetch_add(1, Ordering::Relaxed);
+    // Sessions are numbered in admission order (first come, first served).
+    let id = slot.seq();
     let Some(b) = lease.browser() else {
         return reject(&svc, Reject::NoBrowser);
     };

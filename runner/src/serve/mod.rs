@@ -27,7 +27,6 @@ pub mod session;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,7 +74,6 @@ pub struct Service {
     /// No new sessions (SIGTERM received).
     pub draining: CancellationToken,
     pub live: Mutex<BTreeMap<u64, SessionInfo>>,
-    pub next_session: AtomicU64,
     /// The embedded test site's base URL.
     pub site: String,
     /// The address actually bound.
@@ -163,7 +161,6 @@ pub async fn serve(
         kill: shutdown.hard.clone(),
         draining: shutdown.intake.clone(),
         live: Mutex::new(BTreeMap::new()),
-        next_session: AtomicU64::new(1),
         site: format!("http://{site_addr}"),
         local,
         limits,

@@ -164,6 +164,7 @@ where
 }
 
 fn classify(e: &WsError, too_big: &mut bool) -> End {
+    tracing::debug!(error = %e, "session WebSocket error");
     match e {
         WsError::Capacity(_) => {
             *too_big = true;
