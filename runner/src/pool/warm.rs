@@ -197,10 +197,7 @@ impl WarmPool {
                     None => st.queue.is_empty(),
                     Some(q) => st.queue.front() == Some(&q.ticket),
                 };
-                while my_turn {
-                    let Some(b) = st.ready.pop_front() else {
-                        break;
-                    };
+                while let Some(b) = my_turn.then(|| st.ready.pop_front()).flatten() {
                     if b.dead.is_cancelled() {
                         tracing::warn!(
                             browser = b.id,
