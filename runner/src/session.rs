@@ -7,7 +7,7 @@
 //! then disposed with its own deadline, outside the race. A panic in a step is caught and is a
 //! failed attempt like any other. A failed attempt retires its browser.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +29,55 @@ pub struct SessionEnv {
     pub job: Arc<Job>,
     pub site: String,
     pub artifacts: PathBuf,
+    /// `<job name>-<job id>` (see [`artifact_prefix`]), the start of every artifact's name.
+    pub artifact_prefix: String,
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Which attempt of which session is running, and where its `evaluate` values go.
+#[derive(Clone, Copy)]
+pub struct Attempt<'a> {
+    pub index: u64,
+    pub attempt: u32,
+    pub values: &'a Values,
+}
+
+/// Largest `evaluate` value kept, serialized (a page decides what it returns).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Largest total of one session's kept values.
+pub const MAX_SESSION_VALUES_BYTES: usize = 1024 * 1024;
+
+/// What one `evaluate` step returned.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepValue {
+    /// The step's number in the job (1-based).
+    pub step: usize,
+    pub value: serde_json::Value,
+}
+
+/// The `evaluate` values of one attempt, bounded: a value over [`MAX_VALUE_BYTES`] or past
+/// [`MAX_SESSION_VALUES_BYTES`] in all is kept as `{"truncated": true, "bytes": N}`.
+#[derive(Debug, Default)]
+pub struct Values(Mutex<(Vec<StepValue>, usize)>);
+
+impl Values {
+    pub fn push(&self, step: usize, value: serde_json::Value) {
+        let bytes = serde_json::to_string(&value).map(|s| s.len()).unwrap_or(0);
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let value = if bytes > MAX_VALUE_BYTES || g.1 + bytes > MAX_SESSION_VALUES_BYTES {
+            serde_json::json!({ "truncated": true, "bytes": bytes })
+        } else {
+            g.1 += bytes;
+            value
+        };
+        g.0.push(StepValue { step, value });
+    }
+
+    pub fn take(&self) -> Vec<StepValue> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 = 0;
+        std::mem::take(&mut g.0)
+    }
 }
 
 #[derive(Debug)]
@@ -53,14 +101,14 @@ impl std::fmt::Display for AttemptError {
 pub async fn attempt(
     pool: &Arc<Pool>,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
     cancel: &CancellationToken,
 ) -> Result<(), AttemptError> {
+    let index = at.index;
     let deadline = tokio::time::Instant::now() + env.job.session_timeout;
     if faults.contains(&Fault::Abandon) {
-        return abandoned(pool, env, index, attempt, faults, cancel, deadline).await;
+        return abandoned(pool, env, at, faults, cancel, deadline).await;
     }
     let lease = tokio::select! {
         _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
@@ -73,7 +121,7 @@ pub async fn attempt(
     }
     let ctx_slot: Arc<Mutex<Option<BrowserContextId>>> = Arc::default();
     let result = race(
-        steps(&browser, env, index, attempt, faults, ctx_slot.clone()),
+        steps(&browser, env, at, faults, ctx_slot.clone()),
         &browser,
         cancel,
         deadline,
@@ -144,11 +192,11 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 async fn steps(
     browser: &Browser,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
     ctx_slot: Arc<Mutex<Option<BrowserContextId>>>,
 ) -> anyhow::Result<()> {
+    let index = at.index;
     let limit = setup_timeout(&env.job);
     let t = std::time::Instant::now();
     let warm = match browser.take_warm() {
@@ -180,7 +228,7 @@ async fn steps(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "context and page ready"
     );
-    run_steps(&page, Some(browser), env, index, attempt, faults).await
+    run_steps(&page, Some(browser), env, at, faults).await
 }
 
 /// Creating a context and its page is the runner's work, not a job step: it gets at least
@@ -196,10 +244,10 @@ async fn run_steps(
     page: &Page,
     browser: Option<&Browser>,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
 ) -> anyhow::Result<()> {
+    let index = at.index;
     let job = &env.job;
     let target = &job.targets[(index % job.targets.len() as u64) as usize];
     for (n, step) in job.steps.iter().enumerate() {
@@ -207,7 +255,7 @@ async fn run_steps(
         within(
             job.step_timeout,
             step.kind(),
-            exec(page, step, target, env, index, attempt, n),
+            exec(page, step, target, env, at, n),
         )
         .await
         .with_context(|| format!("step {} ({})", n + 1, step.kind()))?;
@@ -252,8 +300,7 @@ async fn exec(
     step: &Step,
     target: &str,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     n: usize,
 ) -> anyhow::Result<()> {
     match step {
@@ -286,7 +333,9 @@ async fn exec(
         }
         Step::Evaluate(expr) => {
             let v = page.evaluate_expression(expr.as_str()).await?;
-            tracing::debug!(session = index, value = ?v.value(), "evaluate");
+            tracing::debug!(session = at.index, value = ?v.value(), "evaluate");
+            at.values
+                .push(n + 1, v.value().cloned().unwrap_or(serde_json::Value::Null));
         }
         Step::Screenshot(s) => {
             let png = page
@@ -297,11 +346,11 @@ async fn exec(
                         .build(),
                 )
                 .await?;
-            write_artifact(&env.artifacts, index, attempt, n, "png", png).await?;
+            write_artifact(env, at, n, "png", png).await?;
         }
         Step::Pdf(_) => {
             let pdf = page.pdf(PrintToPdfParams::default()).await?;
-            write_artifact(&env.artifacts, index, attempt, n, "pdf", pdf).await?;
+            write_artifact(env, at, n, "pdf", pdf).await?;
         }
         Step::Sleep(d) => tokio::time::sleep(d.0).await,
     }
@@ -316,10 +365,11 @@ fn navigated_away(e: &chromiumoxide::error::CdpError) -> bool {
         || m.contains("Cannot find context")
 }
 
+/// `<artifacts>/<job>-<job id>-s<index>-a<attempt>-step<n>.<ext>`: the job's name and id
+/// keep runs that share an artifacts directory from overwriting each other's files.
 async fn write_artifact(
-    dir: &Path,
-    index: u64,
-    attempt: u32,
+    env: &SessionEnv,
+    at: Attempt<'_>,
     n: usize,
     ext: &str,
     bytes: Vec<u8>,
@@ -327,10 +377,44 @@ async fn write_artifact(
     if bytes.is_empty() {
         bail!("empty {ext}");
     }
-    let path = dir.join(format!("s{index:05}-a{attempt}-step{}.{ext}", n + 1));
+    let path = env.artifacts.join(artifact_name(
+        &env.artifact_prefix,
+        at.index,
+        at.attempt,
+        n,
+        ext,
+    ));
     tokio::fs::write(&path, bytes)
         .await
         .with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn artifact_name(prefix: &str, index: u64, attempt: u32, n: usize, ext: &str) -> String {
+    format!("{prefix}-s{index:05}-a{attempt}-step{}.{ext}", n + 1)
+}
+
+/// `<job name>-<job id>` made safe for a file name: letters, digits, `.`, `_` and `-` only, at
+/// most 64 bytes of the name.
+pub fn artifact_prefix(job: &str, id: &str) -> String {
+    let clean = |s: &str, max: usize| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(max)
+            .collect()
+    };
+    let name = clean(job, 64);
+    let name = if name.is_empty() || name.starts_with('.') {
+        format!("job{name}")
+    } else {
+        name
+    };
+    format!("{name}-{}", clean(id, 64))
 }
 
 /// Make the fault happen. Each returns an error when the fault took effect the way it does
@@ -396,12 +480,12 @@ async fn inject(
 async fn abandoned(
     pool: &Arc<Pool>,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
     cancel: &CancellationToken,
     deadline: tokio::time::Instant,
 ) -> Result<(), AttemptError> {
+    let index = at.index;
     env.metrics.fault(Fault::Abandon).inc();
     let browser = tokio::select! {
         _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
@@ -427,10 +511,69 @@ async fn abandoned(
         )
         .await?;
         let page = within(env.job.step_timeout, "new page", browser.new_page(&ctx)).await?;
-        run_steps(&page, None, env, index, attempt, &others).await
+        run_steps(&page, None, env, at, &others).await
     };
     let result = race(body, &browser, cancel, deadline).await;
     // No cleanup: drop the CDP connection only.
     browser.close(pool.spec(), pool.env()).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn values_are_kept_and_bounded() {
+        let v = Values::default();
+        v.push(3, serde_json::json!({"title": "x", "n": 2}));
+        v.push(5, serde_json::Value::String("y".repeat(MAX_VALUE_BYTES)));
+        let got = v.take();
+        assert_eq!(got[0].step, 3);
+        assert_eq!(got[0].value["n"], 2);
+        assert_eq!(got[1].value["truncated"], true);
+        assert!(v.take().is_empty());
+        // The session's total is bounded too.
+        for i in 0..40 {
+            v.push(
+                i,
+                serde_json::Value::String("z".repeat(MAX_VALUE_BYTES - 10)),
+            );
+        }
+        let kept: usize = v
+            .take()
+            .iter()
+            .filter(|s| s.value.is_string())
+            .map(|s| s.value.as_str().map_or(0, str::len))
+            .sum();
+        assert!(kept <= MAX_SESSION_VALUES_BYTES, "{kept}");
+    }
+
+    #[test]
+    fn artifact_names_carry_job_and_session() {
+        assert_eq!(
+            artifact_name(
+                &artifact_prefix("nightly crawl", "j7-4242-99"),
+                12,
+                1,
+                4,
+                "png"
+            ),
+            "nightly_crawl-j7-4242-99-s00012-a1-step5.png"
+        );
+        assert_eq!(artifact_prefix("../etc", "1"), "job.._etc-1");
+    }
+
+    proptest! {
+        /// Whatever a job is named (a stranger writes jobs for the service), its artifacts stay
+        /// plain file names inside the artifacts directory.
+        #[test]
+        fn artifact_prefix_is_a_plain_file_name(name in ".{0,100}", id in ".{0,30}") {
+            let p = artifact_prefix(&name, &id);
+            prop_assert!(!p.contains('/') && !p.contains('\0'));
+            prop_assert!(!p.starts_with('.'));
+            prop_assert!(p.len() <= 64 + 3 + 1 + 64 + 4);
+        }
+    }
 }
