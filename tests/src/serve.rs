@@ -210,14 +210,29 @@ impl Drop for ServeRun {
 
 /// `GET path` on 127.0.0.1:port with extra header lines → (status, body).
 pub fn http(port: u16, path: &str, headers: &[&str]) -> Option<(u16, String)> {
+    request(port, "GET", path, headers, b"", Duration::from_secs(10))
+}
+
+/// Any request on 127.0.0.1:port → (status, body), waiting at most `wait` for the answer.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+    wait: Duration,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n",
+        body.len()
     )
     .ok()?;
+    // A server may answer (413) before the whole body is written: read the answer anyway.
+    let _ = s.write_all(body);
     let mut out = Vec::new();
     s.read_to_end(&mut out).ok()?;
     let out = String::from_utf8_lossy(&out).into_owned();

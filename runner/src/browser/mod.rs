@@ -334,9 +334,15 @@ impl Browser {
         }
         let polite = !self.dead.is_cancelled();
         if polite {
-            let _ =
-                tokio::time::timeout(spec.close_timeout, self.cdp.execute(CloseParams::default()))
-                    .await;
+            // The reply to Browser.close often never comes (the browser is gone first, and
+            // chromiumoxide then waits out the deadline): the process exiting is the answer.
+            let close = async {
+                tokio::select! {
+                    _ = self.cdp.execute(CloseParams::default()) => {}
+                    _ = self.dead.cancelled() => {}
+                }
+            };
+            let _ = tokio::time::timeout(spec.close_timeout, close).await;
         }
         self.handler_stop.cancel();
         destroy(
@@ -364,6 +370,7 @@ pub(crate) async fn destroy(
 ) -> CloseReport {
     let mut report = CloseReport::default();
     tracing::debug!(pid, start_time, dir = %dir.display(), "destroying browser");
+    let t0 = Instant::now();
     if let Some(fd) = pidfd {
         let exited = waited_politely && kill::wait_exit(fd, spec.exit_wait).await;
         if !exited {
@@ -376,6 +383,11 @@ pub(crate) async fn destroy(
             report.signalled += 1;
         }
     }
+    tracing::debug!(
+        pid,
+        exited_ms = t0.elapsed().as_millis() as u64,
+        "browser process exited"
+    );
     let needle = dir_needle(dir);
     let me = rustix::process::getpid().as_raw_nonzero().get();
     // Never 0 or 1: inside a PID namespace a group led from outside reads as 0.
@@ -403,6 +415,11 @@ pub(crate) async fn destroy(
         );
     }
     env.owned.release(pid);
+    tracing::debug!(
+        pid,
+        ms = t0.elapsed().as_millis() as u64,
+        "stragglers handled; verifying"
+    );
 
     // Verify: nothing of this browser may be left but zombies on their way to a reaper.
     let deadline = Instant::now() + spec.verify_deadline;

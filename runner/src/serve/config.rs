@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// Port of the embedded test site on 127.0.0.1 (0: any free port).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     pub site_port: u16,
+    /// Jobs (POST /jobs) running at once; beyond that, 429.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub max_jobs: usize,
+    /// Where jobs' screenshots and PDFs go (default: the run directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
 }
 
 /// Largest CDP message taken from a browser: a full-page screenshot of a long page is tens of
@@ -98,6 +104,8 @@ pub struct ServeConfig {
     pub run_root: PathBuf,
     pub launch_timeout: Duration,
     pub site_port: u16,
+    pub max_jobs: usize,
+    pub artifacts: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -157,6 +165,8 @@ impl ServeArgs {
             run_root: resolve_run_root(self.run_dir)?,
             launch_timeout: self.launch_timeout,
             site_port: self.site_port,
+            max_jobs: self.max_jobs,
+            artifacts: self.artifacts.as_deref().map(crate::config::absolute),
         })
     }
 }

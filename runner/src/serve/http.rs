@@ -8,6 +8,7 @@
 //! | `GET /json`, `/json/list` | `[]`: no target of any session is listed to anyone |
 //! | `GET /devtools/browser[/…]` + WebSocket upgrade | a new session (a browser of its own); `X-Leakwarden-Session` in the 101 names it |
 //! | `GET /sessions` | open sessions: id, browser pid, directory, warm or cold start |
+//! | `POST /jobs`, `GET /jobs[/ID]`, `DELETE /jobs/ID` | the job API (`jobs.rs`) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when a session could start now or soon (a browser has launched, a slot or a queue place is free, not draining), else 503; JSON body with the counts |
@@ -74,7 +75,8 @@ pub fn start(
 async fn route(svc: Arc<Service>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
-    if req.method() != hyper::Method::GET {
+    let jobs = path == "/jobs" || path.starts_with("/jobs/");
+    if req.method() != hyper::Method::GET && !jobs {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match path.as_str() {
@@ -95,6 +97,9 @@ async fn route(svc: Arc<Service>, req: Request<Incoming>) -> Response<Body> {
             HeaderValue::from_static("Bearer"),
         );
         return r;
+    }
+    if jobs {
+        return svc.jobs.handle(req).await;
     }
     match path.as_str() {
         "/json/version" | "/json/version/" => version(&svc, &req),

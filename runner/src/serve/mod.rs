@@ -22,6 +22,7 @@ pub mod cdp;
 pub mod config;
 pub mod gate;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod session;
 
@@ -79,6 +80,7 @@ pub struct Service {
     /// The address actually bound.
     pub local: SocketAddr,
     pub limits: Limits,
+    pub jobs: Arc<jobs::Jobs>,
 }
 
 /// What a service run left, for the exit code.
@@ -122,7 +124,7 @@ pub async fn serve(
     spec.launch_timeout = cfg.launch_timeout;
     let browser_tasks = TaskTracker::new();
     let env = Env {
-        launcher: launch_handle,
+        launcher: launch_handle.clone(),
         owned: owned.clone(),
         procfs: procfs.clone(),
         tasks: browser_tasks.clone(),
@@ -151,6 +153,31 @@ pub async fn serve(
         write_timeout: cfg.write_timeout,
         max_message_size: cfg.max_message_size,
     };
+    let artifacts = match &cfg.artifacts {
+        Some(d) => d.clone(),
+        None => run_path.join("artifacts"),
+    };
+    std::fs::create_dir_all(&artifacts)
+        .with_context(|| format!("--artifacts {}", artifacts.display()))?;
+    let jobs = Arc::new(jobs::Jobs::new(
+        crate::exec::JobEnv {
+            launcher: launch_handle.clone(),
+            owned: owned.clone(),
+            procfs: procfs.clone(),
+            site: format!("http://{site_addr}"),
+            metrics: metrics.clone(),
+            chromium: cfg.chromium.clone(),
+            chromium_args: cfg.chromium_args.clone(),
+            launch_timeout: cfg.launch_timeout,
+            gauges: false,
+        },
+        run_path.clone(),
+        artifacts,
+        cfg.max_jobs,
+        cfg.max_sessions,
+        cfg.browser_memory,
+        shutdown.clone(),
+    ));
     let svc = Arc::new(Service {
         gate: Gate::new(cfg.max_sessions, cfg.queue),
         cfg,
@@ -164,6 +191,7 @@ pub async fn serve(
         site: format!("http://{site_addr}"),
         local,
         limits,
+        jobs: jobs.clone(),
     });
     http::start(listener, svc.clone(), &services, stop_services.clone());
     tracing::info!(
@@ -188,14 +216,22 @@ pub async fn serve(
         "draining: no new sessions; open sessions may finish"
     );
     svc.sessions.close();
-    tokio::select! {
-        _ = svc.sessions.wait() => {}
-        _ = shutdown.hard.cancelled() => {}
-    }
+    jobs.tasks.close();
+    let everything = async {
+        svc.sessions.wait().await;
+        jobs.tasks.wait().await;
+    };
+    tokio::pin!(everything);
+    let finished = tokio::select! {
+        _ = &mut everything => true,
+        _ = shutdown.hard.cancelled() => false,
+    };
     // Whatever is still open ends now (`kill` is `shutdown.hard`); each session closes and
-    // verifies its browser before its task ends.
+    // verifies its browser before its task ends, each job its pool.
     shutdown.hard.cancel();
-    svc.sessions.wait().await;
+    if !finished {
+        everything.await;
+    }
     pool.shutdown().await;
     browser_tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), browser_tasks.wait())
