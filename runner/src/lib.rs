@@ -24,6 +24,7 @@ pub mod job;
 pub mod kill;
 pub mod launcher;
 pub mod metrics;
+pub mod netopts;
 pub mod pool;
 pub mod proc;
 pub mod reaper;

@@ -206,6 +206,7 @@ impl PipeBrowser {
         spec: &Spec,
         env: &Env,
         max_message: usize,
+        extra_args: &[String],
     ) -> Result<Self, LaunchError> {
         let profile = dir.join("p");
         let tmp = dir.join("t");
@@ -228,6 +229,7 @@ impl PipeBrowser {
         let mut cmd = Command::new(&spec.chromium);
         cmd.args(BASE_FLAGS)
             .args(&spec.extra_args)
+            .args(extra_args)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("--remote-debugging-pipe")
             .arg("about:blank")

@@ -253,6 +253,76 @@ impl WarmPool {
         }
     }
 
+    /// A browser launched for one session with flags of its own (a session's `--proxy-server`):
+    /// never from or into the warm pool, always a cold start, within the same live bound,
+    /// memory admission and breaker. A launch that finishes after `deadline` is closed.
+    pub async fn acquire_dedicated(
+        self: &Arc<Self>,
+        deadline: Instant,
+        extra_args: Vec<String>,
+    ) -> Result<Lease, AcquireError> {
+        let id = loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(AcquireError::Closed);
+                }
+                let live = st.ready.len() + st.launching + st.leased.len();
+                if live < self.cfg.max_live {
+                    st.launching += 1;
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    break id;
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = self.stop.cancelled() => return Err(AcquireError::Closed),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    return Err(AcquireError::Timeout { memory: false });
+                }
+            }
+        };
+        self.metrics.active_browsers.inc();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        // A task of the pool's, so that a caller giving up cannot drop a half-launched browser.
+        self.tasks.spawn(async move {
+            let b = pool.launch_inner(id, &extra_args).await;
+            let mut st = pool.lock();
+            st.launching -= 1;
+            match b {
+                Some(b) => {
+                    st.leased.insert(b.id, Leased { pid: b.pid, rss: 0 });
+                    drop(st);
+                    if let Err(b) = tx.send(b) {
+                        // Nobody waits for it any more.
+                        pool.spawn_close(b, true);
+                    }
+                }
+                None => {
+                    pool.metrics.active_browsers.dec();
+                    drop(st);
+                }
+            }
+            pool.changed.notify_waiters();
+        });
+        let memory = || self.lock().memory_blocked;
+        tokio::select! {
+            r = rx => match r {
+                Ok(b) => {
+                    self.metrics.pool_cold_starts.inc();
+                    Ok(Lease { pool: self.clone(), browser: Some(b), start: Start::Cold })
+                }
+                Err(_) => Err(AcquireError::Timeout { memory: memory() }),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => Err(AcquireError::Timeout { memory: memory() }),
+        }
+    }
+
     /// Launch while fewer browsers are ready or on their way than wanted (the warm target plus
     /// one per waiting session), within the live bound.
     fn maybe_launch(self: &Arc<Self>, st: &mut State) {
@@ -278,7 +348,7 @@ impl WarmPool {
     }
 
     async fn launch(self: Arc<Self>, id: u64) {
-        let browser = self.launch_inner(id).await;
+        let browser = self.launch_inner(id, &[]).await;
         let mut st = self.lock();
         st.launching -= 1;
         match browser {
@@ -297,7 +367,7 @@ impl WarmPool {
         self.changed.notify_waiters();
     }
 
-    async fn launch_inner(&self, id: u64) -> Option<PipeBrowser> {
+    async fn launch_inner(&self, id: u64, extra_args: &[String]) -> Option<PipeBrowser> {
         loop {
             let permit = {
                 let mut st = self.lock();
@@ -338,7 +408,16 @@ impl WarmPool {
         }
         let started = Instant::now();
         let dir = self.run_dir.join(format!("b{id}"));
-        match PipeBrowser::launch(id, dir, &self.spec, &self.env, self.cfg.max_message).await {
+        match PipeBrowser::launch(
+            id,
+            dir,
+            &self.spec,
+            &self.env,
+            self.cfg.max_message,
+            extra_args,
+        )
+        .await
+        {
             Ok(b) => {
                 let mut st = self.lock();
                 st.breaker.success();

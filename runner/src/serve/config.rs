@@ -75,9 +75,14 @@ pub struct ServeArgs {
     /// Jobs (POST /jobs) running at once; beyond that, 429.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub max_jobs: usize,
-    /// Where jobs' screenshots and PDFs go (default: the run directory, removed at exit).
+    /// Where jobs' screenshots and PDFs and sessions' downloads go (default: the run
+    /// directory, removed at exit).
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+    /// Where named storage states live (`?state=NAME` → `DIR/NAME.json`: cookies loaded at the
+    /// session's start, saved at its end). Without it, `state` is refused.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Largest CDP message taken from a browser: a full-page screenshot of a long page is tens of
@@ -106,6 +111,7 @@ pub struct ServeConfig {
     pub site_port: u16,
     pub max_jobs: usize,
     pub artifacts: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -167,6 +173,7 @@ impl ServeArgs {
             site_port: self.site_port,
             max_jobs: self.max_jobs,
             artifacts: self.artifacts.as_deref().map(crate::config::absolute),
+            state_dir: self.state_dir.as_deref().map(crate::config::absolute),
         })
     }
 }

@@ -35,17 +35,22 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::agent::Agent;
 use super::auth::{authorized, parse_query};
 use super::gate::{Rejected, Slot};
 use super::metrics::{End, Reject};
 use super::session::{relay, ws_config};
 use super::{Service, SessionInfo};
+use crate::browser::pipe::CdpPipe;
+use crate::netopts::{cookies_from_state, state_from_cookies, SessionOptions};
 use crate::pool::warm::{AcquireError, Lease};
 
 /// Request line and headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// From the 101 response to the upgraded connection being handed over.
 const UPGRADE_WAIT: Duration = Duration::from_secs(10);
+/// Each of the service's own CDP calls at a session's start and end.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Body = Full<Bytes>;
 
@@ -303,6 +308,13 @@ async fn upgrade(svc: Arc<Service>, mut req: Request<Incoming>) -> Response<Body
             "connect a CDP client here (a WebSocket upgrade)\n",
         );
     };
+    let opts = match SessionOptions::from_query(&parse_query(req.uri().query().unwrap_or(""))) {
+        Ok(o) => o,
+        Err(e) => return bad_request(format!("{e}\n")),
+    };
+    if opts.state.is_some() && svc.cfg.state_dir.is_none() {
+        return bad_request("state: the service has no --state-dir\n".into());
+    }
     if svc.draining.is_cancelled() {
         return reject(&svc, Reject::Draining);
     }
@@ -314,7 +326,18 @@ async fn upgrade(svc: Arc<Service>, mut req: Request<Incoming>) -> Response<Body
         Err(Rejected::QueueTimeout) => return reject(&svc, Reject::QueueTimeout),
         Err(Rejected::Closed) => return reject(&svc, Reject::Draining),
     };
-    let mut lease = match svc.pool.acquire(deadline).await {
+    let browser = match &opts.network.proxy {
+        // A proxy is the browser's own flag: a browser launched for this session.
+        Some(proxy) => {
+            let mut args = vec![format!("--proxy-server={proxy}")];
+            if let Some(b) = &opts.network.proxy_bypass {
+                args.push(format!("--proxy-bypass-list={b}"));
+            }
+            svc.pool.acquire_dedicated(deadline, args).await
+        }
+        None => svc.pool.acquire(deadline).await,
+    };
+    let mut lease = match browser {
         Ok(l) => l,
         Err(AcquireError::Timeout { memory: true }) => return reject(&svc, Reject::Memory),
         Err(AcquireError::Timeout { memory: false }) => return reject(&svc, Reject::NoBrowser),
@@ -347,7 +370,7 @@ async fn upgrade(svc: Arc<Service>, mut req: Request<Incoming>) -> Response<Body
     let on_upgrade = hyper::upgrade::on(&mut req);
     let s = svc.clone();
     svc.sessions
-        .spawn(async move { run_session(s, id, slot, lease, on_upgrade).await });
+        .spawn(async move { run_session(s, id, slot, lease, on_upgrade, opts).await });
 
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -375,8 +398,21 @@ async fn run_session(
     slot: Slot,
     mut lease: Lease,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    opts: SessionOptions,
 ) {
     let started = Instant::now();
+    let downloads = svc
+        .jobs
+        .artifacts
+        .join(format!("session-{}-s{id}-downloads", svc.jobs.service_id));
+    if let Err(e) = std::fs::create_dir_all(&downloads) {
+        tracing::warn!(dir = %downloads.display(), error = %e, "creating the session's downloads directory");
+    }
+    let state_file = opts
+        .state
+        .as_ref()
+        .zip(svc.cfg.state_dir.as_ref())
+        .map(|(name, dir)| dir.join(format!("{name}.json")));
     let relayed = match tokio::time::timeout(UPGRADE_WAIT, on_upgrade).await {
         Ok(Ok(upgraded)) => {
             let io = TokioAdapter::new(TokioIo::new(upgraded));
@@ -386,19 +422,43 @@ async fn run_session(
             let taken = lease.browser().map(|b| (b.dead.clone(), b.take_pipe()));
             match taken {
                 Some((dead, Some(mut pipe))) => {
-                    let r = relay(
-                        &mut ws,
+                    let cookies = state_file.as_deref().map(load_state).unwrap_or_default();
+                    let started_agent = Agent::start(
                         &mut pipe,
-                        &dead,
-                        &svc.kill,
-                        svc.limits,
-                        &svc.smetrics,
+                        opts.network.clone(),
+                        downloads.clone(),
+                        cookies,
+                        AGENT_TIMEOUT,
                     )
                     .await;
+                    let r = match started_agent {
+                        Ok(mut agent) => {
+                            let r = relay(
+                                &mut ws,
+                                &mut pipe,
+                                &mut agent,
+                                &dead,
+                                &svc.kill,
+                                svc.limits,
+                                &svc.smetrics,
+                            )
+                            .await;
+                            Some(r)
+                        }
+                        Err(e) => {
+                            tracing::warn!(session = id, error = %e, "applying the session's options failed; ending it");
+                            None
+                        }
+                    };
+                    if let (Some(f), Some(r)) = (&state_file, r) {
+                        if r.end != End::BrowserExited {
+                            save_state(&mut pipe, f).await;
+                        }
+                    }
                     if let Some(b) = lease.browser() {
                         b.put_pipe(pipe);
                     }
-                    Some(r)
+                    r
                 }
                 _ => None,
             }
@@ -409,6 +469,8 @@ async fn run_session(
     let duration = started.elapsed();
     let t = Instant::now();
     let report = lease.finish().await;
+    // An empty downloads directory is no artifact.
+    let _ = std::fs::remove_dir(&downloads);
     drop(slot);
     svc.live
         .lock()
@@ -427,4 +489,57 @@ async fn run_session(
         leaks = report.leaks(),
         "session ended; browser closed and verified"
     );
+}
+
+/// Cookies of a storage state file; a missing or unreadable one starts the session empty.
+fn load_state(path: &std::path::Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => cookies_from_state(&text).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "storage state unreadable; starting without it");
+            Vec::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "storage state unreadable; starting without it");
+            Vec::new()
+        }
+    }
+}
+
+/// Save the browser's cookies as a storage state file (written aside, then renamed in).
+async fn save_state(pipe: &mut CdpPipe, path: &std::path::Path) {
+    let id = crate::browser::pipe::INTERNAL_ID_BASE + 5;
+    let cookies = match pipe
+        .call(
+            id,
+            "Storage.getCookies",
+            serde_json::json!({}),
+            AGENT_TIMEOUT,
+        )
+        .await
+    {
+        Ok(r) => r.get("cookies").cloned().unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "reading cookies for the storage state");
+            return;
+        }
+    };
+    let text = state_from_cookies(&cookies).to_string();
+    let tmp = path.with_extension("json.tmp");
+    let r = tokio::fs::write(&tmp, text).await;
+    let r = match r {
+        Ok(()) => tokio::fs::rename(&tmp, path).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        tracing::warn!(file = %path.display(), error = %e, "saving the storage state");
+    }
+}
+
+fn bad_request(body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
 }

@@ -90,7 +90,7 @@ pub struct Jobs {
     run_dir: PathBuf,
     pub artifacts: PathBuf,
     /// The service's own id (`<pid>-<start time>`), in artifact names.
-    service_id: String,
+    pub service_id: String,
     max_jobs: usize,
     max_concurrency: usize,
     browser_memory: u64,

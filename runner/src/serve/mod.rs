@@ -17,6 +17,7 @@
 //! Endpoints are listed in `http.rs`. Everything runs under task trackers: the HTTP front end
 //! and helpers (`services`), sessions (`Service::sessions`), launches and closes (the pool's).
 
+pub mod agent;
 pub mod auth;
 pub mod cdp;
 pub mod config;
@@ -159,6 +160,9 @@ pub async fn serve(
     };
     std::fs::create_dir_all(&artifacts)
         .with_context(|| format!("--artifacts {}", artifacts.display()))?;
+    if let Some(d) = &cfg.state_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("--state-dir {}", d.display()))?;
+    }
     let jobs = Arc::new(jobs::Jobs::new(
         crate::exec::JobEnv {
             launcher: launch_handle.clone(),

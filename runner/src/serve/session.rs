@@ -18,6 +18,7 @@ use async_tungstenite::WebSocketStream;
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::agent::Agent;
 use super::cdp::{self, Client};
 use super::metrics::{End, ServiceMetrics};
 use crate::browser::pipe::{CdpPipe, PipeError};
@@ -55,6 +56,7 @@ pub struct Relayed {
 pub async fn relay<S>(
     ws: &mut WebSocketStream<S>,
     pipe: &mut CdpPipe,
+    agent: &mut Agent,
     browser_dead: &CancellationToken,
     kill: &CancellationToken,
     limits: Limits,
@@ -110,7 +112,9 @@ where
                         }
                         Ok(Client::Forward) => {
                             in_flight += 1;
-                            match tokio::time::timeout(limits.write_timeout, pipe.send(t.as_bytes())).await {
+                            let rewritten = agent.rewrite_client(t.as_bytes());
+                            let out = rewritten.as_deref().map_or(t.as_bytes(), str::as_bytes);
+                            match tokio::time::timeout(limits.write_timeout, pipe.send(out)).await {
                                 Ok(Ok(())) => {}
                                 Ok(Err(_)) | Err(_) => break End::BrowserExited,
                             }
@@ -130,6 +134,13 @@ where
                 Ok(Some(msg)) => {
                     r.from_browser += 1;
                     metrics.messages_from_browser.inc();
+                    if agent.intercepting() {
+                        match tokio::time::timeout(limits.write_timeout, agent.on_browser(&msg, pipe)).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(_) => break End::BrowserExited,
+                        }
+                    }
                     if cdp::is_reply(&msg) {
                         in_flight = in_flight.saturating_sub(1);
                     }
