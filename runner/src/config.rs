@@ -139,6 +139,8 @@ pub struct Config {
     pub launch_timeout: Duration,
     pub site_port: u16,
     pub pool: PoolConfig,
+    /// Cookies of the job's `state` file.
+    pub cookies: Vec<serde_json::Value>,
 }
 
 /// A configuration error: one line, exit 64.
@@ -175,6 +177,15 @@ impl RunArgs {
         let chromium = resolve_chromium(self.chromium)?;
         let run_root = resolve_run_root(self.run_dir)?;
         let artifacts = self.artifacts.or_else(|| job.artifacts.clone());
+        let cookies = match &job.state {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| ConfigError(format!("state: {f}: {e}")))?;
+                crate::netopts::cookies_from_state(&text)
+                    .map_err(|e| ConfigError(format!("state: {f}: {e}")))?
+            }
+            None => Vec::new(),
+        };
         let cpb = self.contexts_per_browser.min(job.concurrency).max(1);
         let browsers = job.concurrency.div_ceil(cpb);
         Ok(Config {
@@ -199,6 +210,7 @@ impl RunArgs {
             drain_timeout: self.drain_timeout,
             launch_timeout: self.launch_timeout,
             site_port: self.site_port,
+            cookies,
         })
     }
 }

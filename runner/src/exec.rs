@@ -49,6 +49,9 @@ pub struct JobPlan {
     pub artifacts: PathBuf,
     /// With the job's name, the start of every artifact's name.
     pub id: String,
+    /// The job's storage state cookies (read by the caller: a file for `run`, a name in the
+    /// service's `--state-dir`).
+    pub cookies: Vec<serde_json::Value>,
 }
 
 /// What executing a job did.
@@ -77,6 +80,12 @@ pub async fn execute(
     spec.launch_timeout = env.launch_timeout;
     // chromiumoxide evicts its own requests after this; our step timeouts fire first.
     spec.request_timeout = job.step_timeout + Duration::from_secs(5);
+    spec.context_proxy = job
+        .network
+        .proxy
+        .clone()
+        .map(|p| (p, job.network.proxy_bypass.clone()));
+    spec.request_intercept = job.network.credentials().is_some();
     let browser_tasks = TaskTracker::new();
     let benv = Env {
         launcher: env.launcher.clone(),
@@ -98,6 +107,9 @@ pub async fn execute(
         site: env.site.clone(),
         artifacts: plan.artifacts.clone(),
         artifact_prefix: session::artifact_prefix(&job.name, &plan.id),
+        network: job.network.clone(),
+        cookies: crate::jobnet::cookie_params(&plan.cookies),
+        save_state: job.state.is_some(),
         metrics: metrics.clone(),
     });
     let next = Arc::new(AtomicU64::new(0));

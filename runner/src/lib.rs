@@ -21,6 +21,7 @@ pub mod exec;
 pub mod faults;
 pub mod http;
 pub mod job;
+pub mod jobnet;
 pub mod kill;
 pub mod launcher;
 pub mod metrics;
@@ -149,6 +150,7 @@ pub async fn run(
                     .to_string()
             })
             .unwrap_or_default(),
+        cookies: cfg.cookies.clone(),
     };
     let done = exec::execute(&env, &plan, &records, &shutdown).await;
     drop(env);

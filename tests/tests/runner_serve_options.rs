@@ -113,6 +113,23 @@ fn serve_session_options_block_state_downloads_and_an_authenticating_proxy_chrom
         "the proxy challenged first"
     );
 
+    // A job posted to the service starts from the same named state.
+    let (code, body) = request(
+        run.port,
+        "POST",
+        "/jobs",
+        &[],
+        b"sessions: 1\nretries: 0\nstate: acct\nsteps:\n  - navigate: /rows\n  - evaluate: document.cookie\n",
+        Duration::from_secs(60),
+    )
+    .expect("answer");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["summary"]["records"][0]["values"][0]["value"], "lw=two",
+        "{v:#}"
+    );
+
     // Options are checked before anything starts.
     for bad in [
         "block=pictures",
@@ -133,4 +150,88 @@ fn serve_session_options_block_state_downloads_and_an_authenticating_proxy_chrom
         assert_eq!(r.as_ref().map(|(c, _)| *c), Some(400), "{bad}: {r:?}");
     }
     stop_and_assert_nothing_left(run);
+}
+
+/// The same options in a job file, run by `leakwarden-runner run`: every session's context goes
+/// through the authenticating proxy, images are blocked, the state's cookies are there at the
+/// start, each session's cookies and downloads land beside its artifacts.
+#[test]
+fn runner_job_network_and_state_options_chromium() {
+    if !prerequisites() {
+        return;
+    }
+    let proxy = AuthProxy::start("bot", "s3cret");
+    let dir = test_dir();
+    let art = dir.path().join("art");
+    let state = dir.path().join("seed.json");
+    std::fs::write(
+        &state,
+        r#"{"cookies":[{"name":"seed","value":"s1","domain":"127.0.0.1","path":"/","expires":-1}],"origins":[]}"#,
+    )
+    .unwrap();
+    let job = leakwarden_tests::runner::job_file(
+        dir.path(),
+        "job.yaml",
+        &format!(
+            r#"
+name: net job
+sessions: 2
+concurrency: 1
+retries: 0
+artifacts: {art}
+state: {state}
+network:
+  proxy: {proxy}
+  proxy_username: bot
+  proxy_password: s3cret
+  proxy_bypass: "<-loopback>"
+  block: [image]
+steps:
+  - navigate: /media
+  - evaluate: "({{ cookie: document.cookie, img: document.getElementById('px').naturalWidth }})"
+  - evaluate: "document.cookie = 'lw=job; max-age=3600; path=/'; const a = document.createElement('a'); a.href = '/download'; a.download = ''; document.body.appendChild(a); a.click(); true"
+  - sleep: 1500ms
+"#,
+            art = art.display(),
+            state = state.display(),
+            proxy = proxy.url(),
+        ),
+    );
+    let run = leakwarden_tests::runner::RunnerRun::start_in(dir, &[job.to_str().unwrap()]);
+    let rc = run.wait_exit(Duration::from_secs(120));
+    assert_eq!(rc, 0, "{}", run.logs());
+    let s = run.summary();
+    for r in s["records"].as_array().unwrap() {
+        let v = &r["values"][0]["value"];
+        assert_eq!(v["cookie"], "seed=s1", "{r:#}");
+        assert_eq!(v["img"], 0, "images blocked: {r:#}");
+    }
+    let forwarded = proxy.forwarded.lock().unwrap().clone();
+    assert!(
+        forwarded.iter().filter(|u| u.ends_with("/media")).count() >= 2,
+        "every session's page came through the proxy: {forwarded:?}"
+    );
+    let files = files_under(&art);
+    let states: Vec<&String> = files
+        .iter()
+        .filter(|f| f.ends_with("-state.json"))
+        .collect();
+    assert_eq!(states.len(), 2, "{files:?}");
+    for f in states {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(
+            text.contains("\"lw\"") && text.contains("\"seed\""),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        files
+            .iter()
+            .filter(|f| f.ends_with("-downloads/report.txt"))
+            .count(),
+        2,
+        "{files:?}"
+    );
+    leakwarden_tests::runner::assert_nothing_left(&run);
+    run.finish();
 }

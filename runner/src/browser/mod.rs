@@ -83,6 +83,12 @@ pub struct Spec {
     pub term_grace: Duration,
     pub kill_wait: Duration,
     pub verify_deadline: Duration,
+    /// Proxy (and bypass list) of every browser context created (a job's `network.proxy`).
+    pub context_proxy: Option<(String, Option<String>)>,
+    /// chromiumoxide pauses every request of every page and leaves continuing them to us (a
+    /// job with proxy credentials: chromiumoxide answers the challenge, `jobnet.rs` each
+    /// paused request — otherwise both would, and a blocked request could slip through).
+    pub request_intercept: bool,
 }
 
 impl Spec {
@@ -97,6 +103,8 @@ impl Spec {
             term_grace: Duration::from_millis(1500),
             kill_wait: Duration::from_secs(2),
             verify_deadline: Duration::from_secs(2),
+            context_proxy: None,
+            request_intercept: false,
         }
     }
 }
@@ -141,6 +149,7 @@ pub struct Browser {
     tasks: TaskTracker,
     /// A context and page made ready ahead of the next session (see [`Browser::start_warm`]).
     warm: std::sync::Mutex<Option<Warm>>,
+    context_proxy: Option<(String, Option<String>)>,
 }
 
 type Warm = tokio::task::JoinHandle<anyhow::Result<(BrowserContextId, Page)>>;
@@ -234,6 +243,7 @@ impl Browser {
                 detached: mode == Mode::Detached,
                 tasks: env.tasks.clone(),
                 warm: std::sync::Mutex::new(None),
+                context_proxy: spec.context_proxy.clone(),
             }),
             Err(e) => {
                 handler_stop.cancel();
@@ -259,10 +269,12 @@ impl Browser {
     /// A fresh browser context (an incognito-like profile inside this browser) and a blank page
     /// in it.
     pub async fn new_context(&self) -> anyhow::Result<BrowserContextId> {
-        Ok(self
-            .cdp
-            .create_browser_context(CreateBrowserContextParams::default())
-            .await?)
+        let mut params = CreateBrowserContextParams::default();
+        if let Some((proxy, bypass)) = &self.context_proxy {
+            params.proxy_server = Some(proxy.clone());
+            params.proxy_bypass_list = bypass.clone();
+        }
+        Ok(self.cdp.create_browser_context(params).await?)
     }
 
     pub async fn new_page(&self, ctx: &BrowserContextId) -> anyhow::Result<Page> {
@@ -529,6 +541,7 @@ async fn connect(
     };
     let config = HandlerConfig {
         request_timeout: spec.request_timeout,
+        request_intercept: spec.request_intercept,
         ..HandlerConfig::default()
     };
     let (browser, mut handler) = chromiumoxide::Browser::connect_with_config(ws, config).await?;

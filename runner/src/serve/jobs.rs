@@ -94,6 +94,7 @@ pub struct Jobs {
     max_jobs: usize,
     max_concurrency: usize,
     browser_memory: u64,
+    state_dir: Option<PathBuf>,
     next: AtomicU64,
     table: Mutex<BTreeMap<u64, Arc<Entry>>>,
     pub tasks: TaskTracker,
@@ -126,6 +127,7 @@ impl Jobs {
         max_jobs: usize,
         max_concurrency: usize,
         browser_memory: u64,
+        state_dir: Option<PathBuf>,
         drain: Shutdown,
     ) -> Self {
         let service_id = run_dir
@@ -144,6 +146,7 @@ impl Jobs {
             max_jobs,
             max_concurrency,
             browser_memory,
+            state_dir,
             next: AtomicU64::new(1),
             table: Mutex::new(BTreeMap::new()),
             tasks: TaskTracker::new(),
@@ -274,9 +277,10 @@ impl Jobs {
             Ok(j) => j,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        if let Err(e) = self.admissible(&job) {
-            return error(StatusCode::BAD_REQUEST, e);
-        }
+        let cookies = match self.admissible(&job) {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
         if self.running() >= self.max_jobs {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -288,7 +292,7 @@ impl Jobs {
             );
             return r;
         }
-        let entry = self.start(job);
+        let entry = self.start(job, cookies);
         if !wait {
             return json(StatusCode::ACCEPTED, self.status(&entry));
         }
@@ -297,7 +301,7 @@ impl Jobs {
     }
 
     /// What the service refuses to run for a stranger.
-    fn admissible(&self, job: &Job) -> Result<(), String> {
+    fn admissible(&self, job: &Job) -> Result<Vec<serde_json::Value>, String> {
         if job.faults.iter().any(|f| f.fault == Fault::Abandon) {
             return Err(
                 "fault `abandon` leaves browsers behind on purpose; not in the service".into(),
@@ -309,10 +313,26 @@ impl Jobs {
                 job.concurrency, self.max_concurrency
             ));
         }
-        Ok(())
+        // A stranger's job names a state; it never reads a path of its choosing.
+        let Some(name) = &job.state else {
+            return Ok(Vec::new());
+        };
+        if !crate::netopts::valid_state_name(name) {
+            return Err("state: a name of letters, digits, _ and - (the service's --state-dir holds the files)".into());
+        }
+        let Some(dir) = &self.state_dir else {
+            return Err("state: the service has no --state-dir".into());
+        };
+        match std::fs::read_to_string(dir.join(format!("{name}.json"))) {
+            Ok(text) => {
+                crate::netopts::cookies_from_state(&text).map_err(|e| format!("state {name}: {e}"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("state {name}: {e}")),
+        }
     }
 
-    fn start(self: &Arc<Self>, job: Job) -> Arc<Entry> {
+    fn start(self: &Arc<Self>, job: Job, cookies: Vec<serde_json::Value>) -> Arc<Entry> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("j{n}");
         let cancel = Shutdown {
@@ -362,6 +382,7 @@ impl Jobs {
             artifacts: self.artifacts.clone(),
             id: format!("{id}-{}", self.service_id),
             job: Arc::new(job),
+            cookies,
         };
         let jobs = self.clone();
         let e = entry.clone();

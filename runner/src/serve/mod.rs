@@ -180,6 +180,7 @@ pub async fn serve(
         cfg.max_jobs,
         cfg.max_sessions,
         cfg.browser_memory,
+        cfg.state_dir.clone(),
         shutdown.clone(),
     ));
     let svc = Arc::new(Service {
