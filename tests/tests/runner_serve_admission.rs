@@ -205,13 +205,18 @@ fn serve_bad_clients_end_only_their_own_sessions_chromium() {
     );
     let _ = flood.kill();
     let _ = flood.wait();
+    leakwarden_tests::wait_for(
+        "the four good sessions ended (closed)",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || (ended(&run, "closed") == 4.0).then_some(()),
+    );
     let m = run.metrics();
     assert_eq!(
         metric(&m, "leakwarden_runner_cleanup_leaks_total"),
         Some(0.0),
         "{m}"
     );
-    assert_eq!(ended(&run, "closed"), 4.0, "the good sessions: {m}");
     stop_and_assert_nothing_left(run);
 }
 
