@@ -113,7 +113,18 @@ fn serve_session_options_block_state_downloads_and_an_authenticating_proxy_chrom
         "the proxy challenged first"
     );
 
-    // A job posted to the service starts from the same named state.
+    // A job posted to the service starts from the same named state (once the second session
+    // has saved it).
+    leakwarden_tests::wait_for(
+        "the second session's state saved",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            std::fs::read_to_string(state.join("acct.json"))
+                .ok()
+                .filter(|s| s.contains("\"two\""))
+        },
+    );
     let (code, body) = request(
         run.port,
         "POST",
