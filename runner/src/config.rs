@@ -29,6 +29,9 @@ pub enum Command {
     /// Serve CDP clients (puppeteer, Playwright) a fresh browser per WebSocket connection,
     /// with the runner's guarantees on every one (see README, "Runner service").
     Serve(Box<crate::serve::config::ServeArgs>),
+    /// (Internal) the service's run-directory guard; see `serve/guard.rs`.
+    #[command(hide = true)]
+    Guard { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -35,6 +35,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run(a) => a,
+        Command::Guard { dir } => {
+            return ExitCode::from(leakwarden_runner::serve::guard::run(dir));
+        }
         Command::Serve(a) => {
             let cfg = match a.into_config() {
                 Ok(c) => c,

@@ -443,10 +443,10 @@ fn serve_sigterm_with_a_session_open_drains_and_exits_0_chromium() {
 }
 
 /// SIGKILL the service with a session open: its browsers die with it (parent-death signal, and
-/// end of file on their CDP pipes), and the next start over the same --run-dir removes the dead
-/// run's directory.
+/// end of file on their CDP pipes), and its guard removes the run directory; a restart over the
+/// same --run-dir finds nothing to sweep and serves again.
 #[test]
-fn serve_sigkilled_takes_its_browsers_along_and_a_restart_sweeps_chromium() {
+fn serve_sigkilled_takes_its_browsers_along_and_its_guard_removes_the_directory_chromium() {
     if !ready() {
         return;
     }
@@ -461,28 +461,30 @@ fn serve_sigkilled_takes_its_browsers_along_and_a_restart_sweeps_chromium() {
         procs.is_empty(),
         "browsers outlived the SIGKILLed service: {procs:#?}"
     );
+    let browsers_gone = t.elapsed();
+    let dirs = wait_for_empty(
+        || leakwarden_tests::runner::dirs_under(&run.root),
+        Duration::from_secs(10),
+    );
+    assert!(dirs.is_empty(), "the guard left {dirs:?}\n{}", run.logs());
     eprintln!(
-        "every browser gone {:?} after the service's SIGKILL",
+        "after the service's SIGKILL: every browser gone after {browsers_gone:?}, its directory after {:?}",
         t.elapsed()
+    );
+    assert!(
+        run.stderr()
+            .contains("lw-run-guard: the service is gone; removed"),
+        "{}",
+        run.logs()
     );
     let _ = client.kill();
     let _ = client.wait();
     let dir = run.finish();
-    assert!(
-        dead_run[0].exists(),
-        "the dead run's directory stays until a restart"
-    );
     let again = ServeRun::start_in(dir, &[]);
-    assert!(
-        !dead_run[0].exists(),
-        "the restart removed the dead run's directory"
+    let v = run_client(
+        &mut node("puppeteer_session.js", &[&again.ws_url(), &again.site()]),
+        Duration::from_secs(60),
     );
-    assert!(
-        again
-            .stderr()
-            .contains("removed the directory of a dead run"),
-        "{}",
-        again.logs()
-    );
+    assert_eq!(v["rows"], 200);
     stop_and_assert_nothing_left(again);
 }

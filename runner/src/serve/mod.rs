@@ -13,6 +13,8 @@
 //!   directories), and the slot goes to the next connection in the queue.
 //! - SIGTERM: no new sessions (503), queued connections turned away, open sessions get
 //!   `--drain-timeout`, then are closed; every browser is verified gone; exit 0.
+//! - SIGKILL: the browsers die with the service; its guard (`guard.rs`) removes the run
+//!   directory.
 //!
 //! Endpoints are listed in `http.rs`. Everything runs under task trackers: the HTTP front end
 //! and helpers (`services`), sessions (`Service::sessions`), launches and closes (the pool's).
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod cdp;
 pub mod config;
 pub mod gate;
+pub mod guard;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -99,6 +102,13 @@ pub async fn serve(
     let procfs = Procfs::default();
     let (run_dir, _) = crate::prepare_run_dir(&cfg.run_root, &procfs, &metrics, false)?;
     let run_path = run_dir.path().to_path_buf();
+    let run_guard = match guard::spawn(&run_path) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "no run-directory guard: a SIGKILLed service would leave its directory to the next start");
+            None
+        }
+    };
     reaper::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
     let owned = Owned::default();
     let launcher = Launcher::start(owned.clone()).context("starting the launcher thread")?;
@@ -254,6 +264,8 @@ pub async fn serve(
         tracing::error!(dir = %run_path.display(), error = %e, "cleanup leak: run directory not removed");
         metrics.cleanup_leaks.inc();
     }
+    // The directory is gone: the guard, seeing end of file, finds nothing to do.
+    drop(run_guard);
     tokio::task::spawn_blocking(move || launcher.join())
         .await
         .ok();
