@@ -447,7 +447,11 @@ async fn run_session(
                         }
                         Err(e) => {
                             tracing::warn!(session = id, error = %e, "applying the session's options failed; ending it");
-                            None
+                            Some(super::session::Relayed {
+                                end: End::BrowserExited,
+                                from_client: 0,
+                                from_browser: 0,
+                            })
                         }
                     };
                     if let (Some(f), Some(r)) = (&state_file, r) {

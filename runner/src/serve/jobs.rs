@@ -154,15 +154,6 @@ impl Jobs {
         }
     }
 
-    fn running(&self) -> usize {
-        self.table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|e| *e.state.lock().unwrap_or_else(|p| p.into_inner()) == State::Running)
-            .count()
-    }
-
     fn get(&self, id: &str) -> Option<Arc<Entry>> {
         let n: u64 = id.strip_prefix('j')?.parse().ok()?;
         self.table
@@ -281,7 +272,7 @@ impl Jobs {
             Ok(c) => c,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
-        if self.running() >= self.max_jobs {
+        let Some(entry) = self.start(job, cookies) else {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("{} jobs are running (--max-jobs)", self.max_jobs),
@@ -291,8 +282,7 @@ impl Jobs {
                 hyper::header::HeaderValue::from_static("10"),
             );
             return r;
-        }
-        let entry = self.start(job, cookies);
+        };
         if !wait {
             return json(StatusCode::ACCEPTED, self.status(&entry));
         }
@@ -332,7 +322,12 @@ impl Jobs {
         }
     }
 
-    fn start(self: &Arc<Self>, job: Job, cookies: Vec<serde_json::Value>) -> Arc<Entry> {
+    /// Start the job, unless `--max-jobs` are running (checked and taken under one lock).
+    fn start(self: &Arc<Self>, job: Job, cookies: Vec<serde_json::Value>) -> Option<Arc<Entry>> {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if t.values().filter(|e| !e.done.is_cancelled()).count() >= self.max_jobs {
+            return None;
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("j{n}");
         let cancel = Shutdown {
@@ -351,7 +346,6 @@ impl Jobs {
             done: CancellationToken::new(),
         });
         {
-            let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
             t.insert(n, entry.clone());
             // Forget the oldest finished jobs beyond the bound.
             let finished: Vec<u64> = t
@@ -366,6 +360,7 @@ impl Jobs {
                 t.remove(k);
             }
         }
+        drop(t);
         let cpb = CONTEXTS_PER_BROWSER.min(job.concurrency).max(1);
         let plan = JobPlan {
             pool: PoolConfig {
@@ -388,7 +383,7 @@ impl Jobs {
         let e = entry.clone();
         tracing::info!(job = %id, name = %e.name, sessions = e.planned, concurrency = plan.job.concurrency, "job starting");
         self.tasks.spawn(async move { jobs.run(e, plan).await });
-        entry
+        Some(entry)
     }
 
     async fn run(self: Arc<Self>, e: Arc<Entry>, plan: JobPlan) {
