@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
-.PHONY: all deps build release test lint fmt run e2e bench bench-runner soak incident clean
+.PHONY: all deps build release test lint fmt run e2e bench bench-runner bench-service soak incident clean
 
 all: build
 
@@ -44,6 +44,10 @@ bench: deps release
 
 bench-runner: deps release
 	./tests/bench/runner-vs-peers.sh
+
+# leakwarden-runner serve vs browserless vs clients launching Chromium (hours; a quiet machine).
+bench-service: deps release
+	./tests/bench/runner-service-vs-peers.sh
 
 soak: deps release
 	./tests/bench/soak.sh

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests and demos need, only when missing: Debian packages (Chromium and its
-# driver, Prometheus + promtool, Alertmanager, the peer exporters, tini and dumb-init) and, from PyPI,
-# kubernetes-validate into a venv under target/ (offline manifest validation).
+# driver, Prometheus + promtool, Alertmanager, the peer exporters, tini and dumb-init, Node.js); from PyPI,
+# kubernetes-validate (offline manifest validation) and Playwright for Python (the runner
+# service's tests; no `playwright install`: it drives the system Chromium) into a venv under
+# target/; from npm, the CDP clients of tests/clients/package.json (puppeteer-core,
+# playwright-core, ws: no browser download) into tests/clients/node_modules.
 # Safe to run repeatedly; a no-op on a machine that has everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +29,8 @@ check python3 python3
 check curl curl
 check ps procps
 check pgrep procps
+check node nodejs
+check npm npm
 # `python3 -m venv` needs ensurepip (Debian ships it separately).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
@@ -38,8 +43,27 @@ if ((${#need[@]})); then
 fi
 
 VENV=target/tools/venv
+[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 if [[ ! -x $VENV/bin/kubernetes-validate ]]; then
   echo "install-deps: installing kubernetes-validate into $VENV" >&2
-  python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate
+fi
+# Pinned with the Node clients: one Playwright release for both languages.
+PLAYWRIGHT_PY=1.65.2
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '$PLAYWRIGHT_PY')" >/dev/null 2>&1; then
+  echo "install-deps: installing Playwright $PLAYWRIGHT_PY for Python into $VENV (no browser download)" >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_PY"
+fi
+
+# The npm clients, exactly as tests/clients/package-lock.json pins them; a no-op (and no network)
+# when every one is installed at its pinned version. --ignore-scripts: no install hook may fetch a
+# browser.
+CLIENTS=tests/clients
+if ! (cd "$CLIENTS" && node -e '
+  const want = require("./package.json").dependencies;
+  for (const [name, version] of Object.entries(want)) {
+    if (require(`${name}/package.json`).version !== version) process.exit(1);
+  }') >/dev/null 2>&1; then
+  echo "install-deps: installing the CDP clients of $CLIENTS/package.json" >&2
+  (cd "$CLIENTS" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
 fi

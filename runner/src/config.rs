@@ -26,6 +26,12 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the embedded default job (a starting point for your own JOB.yaml).
     DefaultJob,
+    /// Serve CDP clients (puppeteer, Playwright) a fresh browser per WebSocket connection,
+    /// with the runner's guarantees on every one (see README, "Runner service").
+    Serve(Box<crate::serve::config::ServeArgs>),
+    /// (Internal) the service's run-directory guard; see `serve/guard.rs`.
+    #[command(hide = true)]
+    Guard { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,7 +98,7 @@ pub struct RunArgs {
     pub chromium_args: Vec<String>,
 }
 
-fn parse_dur(s: &str) -> Result<Duration, String> {
+pub fn parse_dur(s: &str) -> Result<Duration, String> {
     job::parse_duration(s)
 }
 
@@ -136,6 +142,8 @@ pub struct Config {
     pub launch_timeout: Duration,
     pub site_port: u16,
     pub pool: PoolConfig,
+    /// Cookies of the job's `state` file.
+    pub cookies: Vec<serde_json::Value>,
 }
 
 /// A configuration error: one line, exit 64.
@@ -169,35 +177,18 @@ impl RunArgs {
         if self.recycle_after == 0 {
             return Err(ConfigError("--recycle-after: must be at least 1".into()));
         }
-        let chromium = match self.chromium {
-            Some(p) if p.is_file() => p,
-            Some(p) => {
-                return Err(ConfigError(format!(
-                    "--chromium: {} does not exist",
-                    p.display()
-                )))
-            }
-            None => CHROMIUM_CANDIDATES
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    ConfigError(
-                        "no Chromium found at /usr/lib/chromium/chromium or /usr/bin/chromium; install it (make deps) or pass --chromium PATH".into(),
-                    )
-                })?,
-        };
-        let run_root = self
-            .run_dir
-            .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        if !run_root.is_absolute() {
-            return Err(ConfigError(format!(
-                "--run-dir: {} must be an absolute path (it is matched against browser command lines)",
-                run_root.display()
-            )));
-        }
+        let chromium = resolve_chromium(self.chromium)?;
+        let run_root = resolve_run_root(self.run_dir)?;
         let artifacts = self.artifacts.or_else(|| job.artifacts.clone());
+        let cookies = match &job.state {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| ConfigError(format!("state: {f}: {e}")))?;
+                crate::netopts::cookies_from_state(&text)
+                    .map_err(|e| ConfigError(format!("state: {f}: {e}")))?
+            }
+            None => Vec::new(),
+        };
         let cpb = self.contexts_per_browser.min(job.concurrency).max(1);
         let browsers = job.concurrency.div_ceil(cpb);
         Ok(Config {
@@ -222,8 +213,43 @@ impl RunArgs {
             drain_timeout: self.drain_timeout,
             launch_timeout: self.launch_timeout,
             site_port: self.site_port,
+            cookies,
         })
     }
+}
+
+/// `--chromium`, or the first Chromium installed where Debian puts it.
+pub fn resolve_chromium(given: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    match given {
+        Some(p) if p.is_file() => Ok(p),
+        Some(p) => Err(ConfigError(format!(
+            "--chromium: {} does not exist",
+            p.display()
+        ))),
+        None => CHROMIUM_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                ConfigError(
+                    "no Chromium found at /usr/lib/chromium/chromium or /usr/bin/chromium; install it (make deps) or pass --chromium PATH".into(),
+                )
+            }),
+    }
+}
+
+/// `--run-dir`, else `$TMPDIR`, else `/tmp`; absolute.
+pub fn resolve_run_root(given: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let run_root = given
+        .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    if !run_root.is_absolute() {
+        return Err(ConfigError(format!(
+            "--run-dir: {} must be an absolute path (it is matched against browser command lines)",
+            run_root.display()
+        )));
+    }
+    Ok(run_root)
 }
 
 /// Absolute form of a path given on the command line.
@@ -240,7 +266,7 @@ mod tests {
         all.extend_from_slice(v);
         match Cli::try_parse_from(all).unwrap().command {
             Command::Run(a) => a.into_config(),
-            Command::DefaultJob => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

@@ -10,6 +10,8 @@
 //! targets: ["{site}"]      # base URLs; session i uses targets[i % len]; {site} = embedded site
 //! artifacts: ./shots       # where screenshots and PDFs go (default: inside the run directory)
 //! faults: ["crash:0.1"]    # like --fault
+//! network: { proxy: "http://127.0.0.1:3128", block: [image, font, media] }  # see netopts.rs
+//! state: cookies.json      # cookies loaded into every session; each session's saved beside its artifacts
 //! steps:
 //!   - navigate: /rows              # relative to the target, or an absolute URL
 //!   - wait_for: "#row-199"         # CSS selector
@@ -43,6 +45,10 @@ pub struct Job {
     pub steps: Vec<Step>,
     pub artifacts: Option<PathBuf>,
     pub faults: Vec<FaultSpec>,
+    /// Proxy, credentials, blocked requests (`netopts.rs`).
+    pub network: crate::netopts::Network,
+    /// Storage state: for `run` a file, for the service a name in its `--state-dir`.
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +207,10 @@ struct JobFile {
     artifacts: Option<PathBuf>,
     #[serde(default)]
     faults: Vec<FaultSpec>,
+    #[serde(default)]
+    network: Option<crate::netopts::Network>,
+    #[serde(default)]
+    state: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +313,10 @@ pub fn parse(text: &str, file: &str) -> Result<Job, JobError> {
     if step_timeout.is_zero() || session_timeout.is_zero() {
         return Err(unlocated("timeouts must be longer than 0".into()));
     }
+    let network = raw.network.unwrap_or_default();
+    network
+        .validate()
+        .map_err(|e| unlocated(format!("network: {e}")))?;
     let targets = raw.targets.unwrap_or_else(|| vec!["{site}".to_string()]);
     if targets.is_empty() {
         return Err(unlocated("targets: needs at least one URL".into()));
@@ -318,6 +332,8 @@ pub fn parse(text: &str, file: &str) -> Result<Job, JobError> {
         steps: raw.steps.0,
         artifacts: raw.artifacts,
         faults: raw.faults,
+        network,
+        state: raw.state,
     })
 }
 

@@ -39,6 +39,7 @@ enum Request {
     Spawn {
         cmd: Box<Command>,
         mode: Mode,
+        pipes: Option<(i32, i32)>,
         reply: oneshot::Sender<io::Result<Spawned>>,
     },
     Stop,
@@ -81,8 +82,13 @@ impl Launcher {
             .spawn(move || {
                 for req in rx {
                     match req {
-                        Request::Spawn { cmd, mode, reply } => {
-                            let _ = reply.send(spawn(*cmd, mode, &thread_owned));
+                        Request::Spawn {
+                            cmd,
+                            mode,
+                            pipes,
+                            reply,
+                        } => {
+                            let _ = reply.send(spawn(*cmd, mode, pipes, &thread_owned));
                         }
                         Request::Stop => break,
                     }
@@ -117,11 +123,34 @@ impl Launcher {
 
 impl LaunchHandle {
     pub async fn spawn(&self, cmd: Command, mode: Mode) -> io::Result<Spawned> {
+        self.spawn_inner(cmd, mode, None).await
+    }
+
+    /// Spawn an owned child that gets `pipes` (its read end, its write end) as fds 3 and 4, the
+    /// CDP pipe pair of `--remote-debugging-pipe`. The caller keeps both descriptors open until
+    /// this returns and closes its copies afterwards.
+    pub async fn spawn_with_pipes(
+        &self,
+        cmd: Command,
+        pipes: (std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>),
+    ) -> io::Result<Spawned> {
+        use std::os::fd::AsRawFd;
+        let raw = (pipes.0.as_raw_fd(), pipes.1.as_raw_fd());
+        self.spawn_inner(cmd, Mode::Owned, Some(raw)).await
+    }
+
+    async fn spawn_inner(
+        &self,
+        cmd: Command,
+        mode: Mode,
+        pipes: Option<(i32, i32)>,
+    ) -> io::Result<Spawned> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Spawn {
                 cmd: Box::new(cmd),
                 mode,
+                pipes,
                 reply,
             })
             .map_err(|_| io::Error::other("launcher thread is gone"))?;
@@ -130,12 +159,21 @@ impl LaunchHandle {
     }
 }
 
-fn spawn(mut cmd: Command, mode: Mode, owned: &Owned) -> io::Result<Spawned> {
+fn spawn(
+    mut cmd: Command,
+    mode: Mode,
+    pipes: Option<(i32, i32)>,
+    owned: &Owned,
+) -> io::Result<Spawned> {
     match mode {
         Mode::Owned => {
             use std::os::unix::process::CommandExt;
             cmd.process_group(0);
             crate::sys::tie_to_parent(&mut cmd);
+            // After tie_to_parent: its close-on-exec sweep must not catch fds 3 and 4.
+            if let Some((r, w)) = pipes {
+                crate::sys::pass_pipes(&mut cmd, r, w);
+            }
             // Hold the lock across spawn + registration: the reaper cannot see this child
             // as an unowned zombie in between.
             let mut set = owned.lock();

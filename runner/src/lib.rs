@@ -17,23 +17,26 @@ pub mod admission;
 pub mod breaker;
 pub mod browser;
 pub mod config;
+pub mod exec;
 pub mod faults;
 pub mod http;
 pub mod job;
+pub mod jobnet;
 pub mod kill;
 pub mod launcher;
 pub mod metrics;
+pub mod netopts;
 pub mod pool;
 pub mod proc;
 pub mod reaper;
 pub mod rundir;
+pub mod serve;
 pub mod session;
 pub mod signal;
 pub mod site;
 pub mod summary;
 mod sys;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,16 +44,13 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::browser::{Env, Spec};
+use crate::browser::Spec;
 use crate::config::Config;
-use crate::faults::FaultPlan;
 use crate::launcher::{Launcher, Owned};
-use crate::metrics::{Metrics, Outcome};
-use crate::pool::Pool;
+use crate::metrics::Metrics;
 use crate::proc::Procfs;
-use crate::session::{AttemptError, SessionEnv};
 use crate::signal::Shutdown;
-use crate::summary::{Records, SessionRecord, Summary};
+use crate::summary::{Records, Summary};
 
 /// How long the embedded servers get to finish their connections at exit.
 const SERVICE_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -65,37 +65,13 @@ pub async fn run(
     let started = Instant::now();
     let procfs = Procfs::default();
 
-    let stale = rundir::remove_dead_runs(&cfg.run_root, &procfs, None);
-    for d in &stale.removed {
-        tracing::info!(dir = %d.display(), "removed the directory of a dead run");
-    }
-    for d in &stale.in_use {
-        tracing::warn!(dir = %d.display(), "a dead run's directory is still used by a live process; leaving it to the sidecar");
-    }
-    metrics
-        .stale_run_dirs_removed
-        .inc_by(stale.removed.len() as u64);
-    let run_dir = rundir::RunDir::create(&cfg.run_root, &procfs).with_context(|| {
-        format!(
-            "creating the run directory under {}",
-            cfg.run_root.display()
-        )
-    })?;
-    let run_path = run_dir.path().to_path_buf();
     let abandon = cfg
         .job
         .faults
         .iter()
         .any(|f| f.fault == faults::Fault::Abandon);
-    let longest = browser::longest_tmpdir(&run_path, abandon);
-    if longest > browser::MAX_TMPDIR_LEN {
-        let _ = run_dir.remove();
-        anyhow::bail!(
-            "--run-dir {} is too long: browser temp directories would reach {longest} bytes, and Chromium's unix socket paths allow {} there; use a shorter --run-dir",
-            cfg.run_root.display(),
-            browser::MAX_TMPDIR_LEN
-        );
-    }
+    let (run_dir, stale_removed) = prepare_run_dir(&cfg.run_root, &procfs, &metrics, abandon)?;
+    let run_path = run_dir.path().to_path_buf();
     tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
 
     if abandon {
@@ -138,40 +114,9 @@ pub async fn run(
     std::fs::create_dir_all(&artifacts)
         .with_context(|| format!("creating {}", artifacts.display()))?;
 
-    let mut spec = Spec::new(cfg.chromium.clone());
-    spec.extra_args = cfg.chromium_args.clone();
-    spec.launch_timeout = cfg.launch_timeout;
-    // chromiumoxide evicts its own requests after this; our step timeouts fire first.
-    spec.request_timeout = cfg.job.step_timeout + Duration::from_secs(5);
-    let browser_tasks = TaskTracker::new();
-    let env = Env {
-        launcher: launch_handle,
-        owned: owned.clone(),
-        procfs: procfs.clone(),
-        tasks: browser_tasks.clone(),
-    };
-    let pool = Pool::new(
-        cfg.pool.clone(),
-        spec,
-        env,
-        run_path.clone(),
-        metrics.clone(),
-    );
-
-    // Sessions.
     let total = cfg.job.sessions;
     let job = Arc::new(cfg.job.clone());
-    let plan = Arc::new(FaultPlan::new(cfg.job.faults.clone()));
-    let senv = Arc::new(SessionEnv {
-        job: job.clone(),
-        site: site_url,
-        artifacts,
-        metrics: metrics.clone(),
-    });
     let records = Records::default();
-    let next = Arc::new(AtomicU64::new(0));
-    pool.demand.store(total, Ordering::Relaxed);
-    metrics.queue_depth.set(total as i64);
     let progress_stop = CancellationToken::new();
     services.spawn(summary::progress(
         records.clone(),
@@ -180,57 +125,35 @@ pub async fn run(
         started,
         progress_stop.clone(),
     ));
-    let workers = TaskTracker::new();
-    for _ in 0..cfg.job.concurrency.max(1) {
-        let (pool, senv, plan, records, next, metrics, shutdown) = (
-            pool.clone(),
-            senv.clone(),
-            plan.clone(),
-            records.clone(),
-            next.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        workers.spawn(async move {
-            loop {
-                if shutdown.intake.is_cancelled() {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let left = total - i - 1;
-                pool.demand.store(left, Ordering::Relaxed);
-                metrics.queue_depth.set(left as i64);
-                metrics.active_sessions.inc();
-                let rec = run_session(&pool, &senv, &plan, i, &shutdown.hard, &metrics).await;
-                metrics.active_sessions.dec();
-                records.push(rec);
-            }
-        });
-    }
-    workers.close();
-    workers.wait().await;
-    metrics.queue_depth.set(0);
-    pool.demand.store(0, Ordering::Relaxed);
-    let wall = started.elapsed();
-
-    // Cleanup: every browser, then verify the whole run directory is unused, then remove it.
-    pool.shutdown().await;
-    let stats = pool.stats();
-    browser_tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), browser_tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("browser tasks still running after cleanup");
-    }
-    let extra_leaks = sweep_run_dir(&procfs, &run_path, pool.spec()).await;
-    if extra_leaks > 0 {
-        metrics.cleanup_leaks.inc_by(extra_leaks);
-    }
-    drop(pool);
+    let env = exec::JobEnv {
+        launcher: launch_handle,
+        owned: owned.clone(),
+        procfs: procfs.clone(),
+        site: site_url,
+        metrics: metrics.clone(),
+        chromium: cfg.chromium.clone(),
+        chromium_args: cfg.chromium_args.clone(),
+        launch_timeout: cfg.launch_timeout,
+        gauges: true,
+    };
+    let plan = exec::JobPlan {
+        job: job.clone(),
+        pool: cfg.pool.clone(),
+        dir: run_path.clone(),
+        artifacts,
+        // The run directory's name is unique per run (pid and start time).
+        id: run_path
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_start_matches(rundir::PREFIX)
+                    .to_string()
+            })
+            .unwrap_or_default(),
+        cookies: cfg.cookies.clone(),
+    };
+    let done = exec::execute(&env, &plan, &records, &shutdown).await;
+    drop(env);
     reaper::reap_pass(&procfs, &owned);
     let run_dir_removed = match run_dir.remove() {
         Ok(()) => true,
@@ -261,19 +184,52 @@ pub async fn run(
         &run_path.display().to_string(),
         total,
         job.concurrency,
-        wall,
+        done.wall,
         records.snapshot(),
-        stats,
-        extra_leaks,
-        stale.removed.len() as u64,
+        done.stats,
+        done.extra_leaks,
+        stale_removed,
         run_dir_removed,
         shutdown.intake.is_cancelled(),
     );
     Ok(summary)
 }
 
+/// Remove the directories of dead runs under `root`, then create this run's directory and check
+/// that browser temp paths under it stay short enough for Chromium's unix sockets. Returns the
+/// directory and how many dead runs' directories were removed.
+pub(crate) fn prepare_run_dir(
+    root: &std::path::Path,
+    procfs: &Procfs,
+    metrics: &Metrics,
+    abandon: bool,
+) -> anyhow::Result<(rundir::RunDir, u64)> {
+    let stale = rundir::remove_dead_runs(root, procfs, None);
+    for d in &stale.removed {
+        tracing::info!(dir = %d.display(), "removed the directory of a dead run");
+    }
+    for d in &stale.in_use {
+        tracing::warn!(dir = %d.display(), "a dead run's directory is still used by a live process; leaving it to the sidecar");
+    }
+    metrics
+        .stale_run_dirs_removed
+        .inc_by(stale.removed.len() as u64);
+    let run_dir = rundir::RunDir::create(root, procfs)
+        .with_context(|| format!("creating the run directory under {}", root.display()))?;
+    let longest = browser::longest_tmpdir(run_dir.path(), abandon);
+    if longest > browser::MAX_TMPDIR_LEN {
+        let _ = run_dir.remove();
+        anyhow::bail!(
+            "--run-dir {} is too long: browser temp directories would reach {longest} bytes, and Chromium's unix socket paths allow {} there; use a shorter --run-dir",
+            root.display(),
+            browser::MAX_TMPDIR_LEN
+        );
+    }
+    Ok((run_dir, stale.removed.len() as u64))
+}
+
 /// Last line of defence: any process still naming the run directory is terminated and counted.
-async fn sweep_run_dir(procfs: &Procfs, run_dir: &std::path::Path, spec: &Spec) -> u64 {
+pub(crate) async fn sweep_run_dir(procfs: &Procfs, run_dir: &std::path::Path, spec: &Spec) -> u64 {
     let mut needle = run_dir.as_os_str().as_encoded_bytes().to_vec();
     needle.push(b'/');
     let me = rustix::process::getpid().as_raw_nonzero().get();
@@ -294,66 +250,4 @@ async fn sweep_run_dir(procfs: &Procfs, run_dir: &std::path::Path, spec: &Spec) 
     }
     kill::terminate(procfs, &left, spec.term_grace, spec.kill_wait).await;
     left.len() as u64
-}
-
-async fn run_session(
-    pool: &Arc<Pool>,
-    senv: &SessionEnv,
-    plan: &FaultPlan,
-    index: u64,
-    cancel: &CancellationToken,
-    metrics: &Metrics,
-) -> SessionRecord {
-    let started = Instant::now();
-    let faults = plan.for_session(index);
-    let retries = senv.job.retries;
-    let mut attempts = 0;
-    let mut last_error = None;
-    let mut outcome = Outcome::Failed;
-    for attempt in 0..=retries {
-        attempts += 1;
-        let these = if attempt == 0 { faults.as_slice() } else { &[] };
-        let t = Instant::now();
-        let r = session::attempt(pool, senv, index, attempt, these, cancel).await;
-        metrics.session_duration.observe(t.elapsed().as_secs_f64());
-        match r {
-            Ok(()) => {
-                outcome = if attempt == 0 {
-                    Outcome::Ok
-                } else {
-                    Outcome::Retried
-                };
-                last_error = None;
-                break;
-            }
-            Err(AttemptError::Cancelled) => {
-                outcome = Outcome::Cancelled;
-                last_error = Some(AttemptError::Cancelled.to_string());
-                break;
-            }
-            Err(e) => {
-                outcome = if matches!(e, AttemptError::Timeout) {
-                    Outcome::Timeout
-                } else {
-                    Outcome::Failed
-                };
-                let will_retry = attempt < retries && !cancel.is_cancelled();
-                tracing::warn!(session = index, attempt, error = %e, will_retry, "session attempt failed");
-                last_error = Some(e.to_string());
-                if cancel.is_cancelled() {
-                    outcome = Outcome::Cancelled;
-                    break;
-                }
-            }
-        }
-    }
-    metrics.session(outcome).inc();
-    SessionRecord {
-        index,
-        outcome,
-        attempts,
-        duration_ms: started.elapsed().as_millis() as u64,
-        faults,
-        error: last_error,
-    }
 }

@@ -2,7 +2,9 @@
 //!
 //! Exit codes: 0 every session succeeded (possibly after retries, or was cancelled by a
 //! shutdown signal) and cleanup left nothing; 2 some session failed; 3 cleanup found leaks;
-//! 1 the run could not start or broke down; 64 bad arguments or job file.
+//! 1 the run could not start or broke down; 64 bad arguments or job file. `serve` exits 0 after
+//! a drain that left nothing, 3 when cleanup found a leak, 1 when it could not start, 64 on bad
+//! arguments.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,6 +35,26 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run(a) => a,
+        Command::Guard { dir } => {
+            return ExitCode::from(leakwarden_runner::serve::guard::run(dir));
+        }
+        Command::Serve(a) => {
+            let cfg = match a.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("leakwarden-runner: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            init_logging(cfg.log_format);
+            return match serve(cfg) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("leakwarden-runner: error: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
     };
     let cfg = match args.into_config() {
         Ok(c) => c,
@@ -79,6 +101,23 @@ fn run(cfg: leakwarden_runner::config::Config) -> anyhow::Result<u8> {
         } else {
             0
         })
+    })
+}
+
+/// The service until SIGTERM/SIGINT: 0 when its drain left nothing, 3 when cleanup found a leak.
+fn serve(cfg: leakwarden_runner::serve::config::ServeConfig) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("leakwarden-runner")
+        .build()?;
+    rt.block_on(async move {
+        let metrics = Arc::new(Metrics::register(prometheus::Registry::new())?);
+        let shutdown = Shutdown::new();
+        let done = CancellationToken::new();
+        signal::install(shutdown.clone(), cfg.drain_timeout, done.clone())?;
+        let report = leakwarden_runner::serve::serve(cfg, metrics, shutdown).await;
+        done.cancel();
+        Ok(if report?.leaks > 0 { 3 } else { 0 })
     })
 }
 

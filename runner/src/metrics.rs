@@ -62,6 +62,11 @@ pub struct Metrics {
     pub session_duration: Histogram,
     pub launch_duration: Histogram,
     pub cleanup_duration: Histogram,
+    /// The service's warm pool: sessions that found a browser ready, and those that waited for
+    /// a launch.
+    pub pool_warm_starts: IntCounter,
+    pub pool_cold_starts: IntCounter,
+    pub pool_ready: IntGauge,
 }
 
 /// Seconds; sessions of the default job take about a second, failed ones up to their timeout.
@@ -132,6 +137,15 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let starts = IntCounterVec::new(
+            Opts::new(
+                "leakwarden_runner_pool_starts_total",
+                "Service sessions by how they got their browser: warm (launched ahead, ready) or cold (waited for a launch).",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(starts.clone()))?;
+
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -191,6 +205,12 @@ impl Metrics {
                 "leakwarden_runner_cleanup_duration_seconds",
                 "Closing a browser: CDP close, signals, reaping, verification, directory removal.",
                 CLEANUP_BUCKETS,
+            )?,
+            pool_warm_starts: starts.with_label_values(&["warm"]),
+            pool_cold_starts: starts.with_label_values(&["cold"]),
+            pool_ready: gauge(
+                "leakwarden_runner_pool_ready_browsers",
+                "Service browsers launched ahead and waiting for a session.",
             )?,
             registry,
         })

@@ -10,6 +10,9 @@
 //! | `/slow?ms=N`  | answers after N ms (default 1500, at most 30000)                 |
 //! | `/heavy`      | about 1 MB of DOM (5,000 styled rows)                            |
 //! | `/hang`       | never answers (until the runner shuts down): the `hang-server` fault |
+//! | `/media`      | an image (`#px`, `/pixel.png`): shows whether images were blocked |
+//! | `/pixel.png`  | a 1×1 PNG                                                      |
+//! | `/download`   | a small text file as an attachment (`report.txt`)              |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +31,15 @@ pub const ROWS: usize = 200;
 const HEAVY_ROWS: usize = 5000;
 const SLOW_DEFAULT_MS: u64 = 1500;
 const SLOW_MAX_MS: u64 = 30_000;
+/// A 1×1 transparent PNG.
+const PIXEL: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0xd, 0xa, 0x1a, 0xa, 0x0, 0x0, 0x0, 0xd, 0x49, 0x48, 0x44, 0x52, 0x0,
+    0x0, 0x0, 0x1, 0x0, 0x0, 0x0, 0x1, 0x8, 0x6, 0x0, 0x0, 0x0, 0x1f, 0x15, 0xc4, 0x89, 0x0, 0x0,
+    0x0, 0xb, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x60, 0x0, 0x2, 0x0, 0x0, 0x5, 0x0, 0x1,
+    0x7a, 0x5e, 0xab, 0x3f, 0x0, 0x0, 0x0, 0x0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+const MEDIA: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Media</title></head><body><h1>Media</h1><img id=\"px\" src=\"/pixel.png\" width=\"10\" height=\"10\"></body></html>";
+
 /// A hung request is released at shutdown at the latest; this bounds it otherwise.
 const HANG_MAX: Duration = Duration::from_secs(600);
 
@@ -104,6 +116,25 @@ fn html(body: Bytes) -> Response<Full<Bytes>> {
     r
 }
 
+fn typed(
+    body: Bytes,
+    ctype: &'static str,
+    disposition: Option<&'static str>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    if let Some(d) = disposition {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_DISPOSITION,
+            hyper::header::HeaderValue::from_static(d),
+        );
+    }
+    r
+}
+
 fn status(code: StatusCode) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = code;
@@ -165,6 +196,13 @@ async fn handle(
             }
             status(StatusCode::SERVICE_UNAVAILABLE)
         }
+        "/media" => html(Bytes::from_static(MEDIA.as_bytes())),
+        "/pixel.png" => typed(Bytes::from_static(PIXEL), "image/png", None),
+        "/download" => typed(
+            Bytes::from_static(b"leakwarden report\n"),
+            "text/plain",
+            Some("attachment; filename=\"report.txt\""),
+        ),
         "/favicon.ico" => status(StatusCode::NO_CONTENT),
         _ => status(StatusCode::NOT_FOUND),
     })
@@ -199,9 +237,9 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[tokio::test]
@@ -221,6 +259,11 @@ mod tests {
         assert!(get(addr, "/heavy").await.len() > 500_000);
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         assert!(get(addr, "/slow?ms=10").await.contains("after 10 ms"));
+        assert!(get(addr, "/media").await.contains("/pixel.png"));
+        assert!(get(addr, "/pixel.png").await.contains("image/png"));
+        assert!(get(addr, "/download")
+            .await
+            .contains("attachment; filename=\"report.txt\""));
 
         let hang = tokio::spawn(get(addr, "/hang"));
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -22,6 +22,8 @@ pub struct SessionRecord {
     pub faults: Vec<Fault>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What each `evaluate` step returned, in the attempt that decided the outcome.
+    pub values: Vec<crate::session::StepValue>,
 }
 
 /// Shared, append-only record of finished sessions.
@@ -304,6 +306,7 @@ mod tests {
             duration_ms: ms,
             faults: vec![],
             error: None,
+            values: vec![],
         };
         let s = build(
             "j",

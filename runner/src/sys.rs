@@ -2,7 +2,7 @@
 //!
 //! `Command::pre_exec` is unsafe because the closure runs in a forked copy of a multi-threaded
 //! process, where only async-signal-safe operations are allowed. The closures here make raw
-//! system calls only (prctl, getppid, setsid, close_range): no allocation, no locks.
+//! system calls only (prctl, getppid, setsid, close_range, fcntl, dup2): no allocation, no locks.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -28,6 +28,34 @@ pub fn tie_to_parent(cmd: &mut Command) {
                 return Err(io::Error::other("runner exited before the browser started"));
             }
             cloexec_inherited();
+            Ok(())
+        });
+    }
+}
+
+/// Hand the child a CDP pipe pair as Chromium's `--remote-debugging-pipe` expects it: the
+/// browser reads commands from fd 3 and writes replies and events to fd 4. `read` and `write` are
+/// the child's ends (close-on-exec in the parent). Register after [`tie_to_parent`]: its closure
+/// marks every descriptor above stderr close-on-exec, and this one must come later to clear the
+/// flag on 3 and 4 (`dup2` does). The ends are first copied above 10 (close-on-exec, so the copies
+/// vanish at exec), so that an end that already is fd 3 or 4 is not overwritten before it is
+/// moved.
+pub fn pass_pipes(cmd: &mut Command, read: i32, write: i32) {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) and dup2 are async-signal-safe system calls; the closure
+    // allocates nothing and captures two integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::fcntl(read, libc::F_DUPFD_CLOEXEC, 10);
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let w = libc::fcntl(write, libc::F_DUPFD_CLOEXEC, 10);
+            if w < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
     }

@@ -104,5 +104,7 @@ pub fn chromium() -> Option<PathBuf> {
 }
 pub mod incidents;
 pub mod ops;
+pub mod proxy;
 pub mod runner;
+pub mod serve;
 pub mod sidecar;

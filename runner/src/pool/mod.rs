@@ -26,6 +26,8 @@ use crate::browser::{Browser, CloseReport, Env, Spec};
 use crate::launcher::Mode;
 use crate::metrics::Metrics;
 
+pub mod warm;
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Browsers serving at once.

@@ -33,6 +33,8 @@ use crate::kill;
 use crate::launcher::{LaunchHandle, Mode, Owned};
 use crate::proc::{Procfs, Stat};
 
+pub mod pipe;
+
 /// Flags for every browser. Headless as root needs `--no-sandbox`; the rest cut work a runner
 /// never needs (background networking, component updates, sync, first-run UI, GPU).
 ///
@@ -81,6 +83,12 @@ pub struct Spec {
     pub term_grace: Duration,
     pub kill_wait: Duration,
     pub verify_deadline: Duration,
+    /// Proxy (and bypass list) of every browser context created (a job's `network.proxy`).
+    pub context_proxy: Option<(String, Option<String>)>,
+    /// chromiumoxide pauses every request of every page and leaves continuing them to us (a
+    /// job with proxy credentials: chromiumoxide answers the challenge, `jobnet.rs` each
+    /// paused request — otherwise both would, and a blocked request could slip through).
+    pub request_intercept: bool,
 }
 
 impl Spec {
@@ -95,6 +103,8 @@ impl Spec {
             term_grace: Duration::from_millis(1500),
             kill_wait: Duration::from_secs(2),
             verify_deadline: Duration::from_secs(2),
+            context_proxy: None,
+            request_intercept: false,
         }
     }
 }
@@ -139,6 +149,7 @@ pub struct Browser {
     tasks: TaskTracker,
     /// A context and page made ready ahead of the next session (see [`Browser::start_warm`]).
     warm: std::sync::Mutex<Option<Warm>>,
+    context_proxy: Option<(String, Option<String>)>,
 }
 
 type Warm = tokio::task::JoinHandle<anyhow::Result<(BrowserContextId, Page)>>;
@@ -232,6 +243,7 @@ impl Browser {
                 detached: mode == Mode::Detached,
                 tasks: env.tasks.clone(),
                 warm: std::sync::Mutex::new(None),
+                context_proxy: spec.context_proxy.clone(),
             }),
             Err(e) => {
                 handler_stop.cancel();
@@ -257,10 +269,12 @@ impl Browser {
     /// A fresh browser context (an incognito-like profile inside this browser) and a blank page
     /// in it.
     pub async fn new_context(&self) -> anyhow::Result<BrowserContextId> {
-        Ok(self
-            .cdp
-            .create_browser_context(CreateBrowserContextParams::default())
-            .await?)
+        let mut params = CreateBrowserContextParams::default();
+        if let Some((proxy, bypass)) = &self.context_proxy {
+            params.proxy_server = Some(proxy.clone());
+            params.proxy_bypass_list = bypass.clone();
+        }
+        Ok(self.cdp.create_browser_context(params).await?)
     }
 
     pub async fn new_page(&self, ctx: &BrowserContextId) -> anyhow::Result<Page> {
@@ -332,9 +346,15 @@ impl Browser {
         }
         let polite = !self.dead.is_cancelled();
         if polite {
-            let _ =
-                tokio::time::timeout(spec.close_timeout, self.cdp.execute(CloseParams::default()))
-                    .await;
+            // The reply to Browser.close often never comes (the browser is gone first, and
+            // chromiumoxide then waits out the deadline): the process exiting is the answer.
+            let close = async {
+                tokio::select! {
+                    _ = self.cdp.execute(CloseParams::default()) => {}
+                    _ = self.dead.cancelled() => {}
+                }
+            };
+            let _ = tokio::time::timeout(spec.close_timeout, close).await;
         }
         self.handler_stop.cancel();
         destroy(
@@ -351,7 +371,7 @@ impl Browser {
 }
 
 /// Everything after the CDP close, with or without a CDP connection.
-async fn destroy(
+pub(crate) async fn destroy(
     pid: i32,
     start_time: u64,
     pidfd: Option<&OwnedFd>,
@@ -362,6 +382,7 @@ async fn destroy(
 ) -> CloseReport {
     let mut report = CloseReport::default();
     tracing::debug!(pid, start_time, dir = %dir.display(), "destroying browser");
+    let t0 = Instant::now();
     if let Some(fd) = pidfd {
         let exited = waited_politely && kill::wait_exit(fd, spec.exit_wait).await;
         if !exited {
@@ -374,6 +395,11 @@ async fn destroy(
             report.signalled += 1;
         }
     }
+    tracing::debug!(
+        pid,
+        exited_ms = t0.elapsed().as_millis() as u64,
+        "browser process exited"
+    );
     let needle = dir_needle(dir);
     let me = rustix::process::getpid().as_raw_nonzero().get();
     // Never 0 or 1: inside a PID namespace a group led from outside reads as 0.
@@ -401,6 +427,11 @@ async fn destroy(
         );
     }
     env.owned.release(pid);
+    tracing::debug!(
+        pid,
+        ms = t0.elapsed().as_millis() as u64,
+        "stragglers handled; verifying"
+    );
 
     // Verify: nothing of this browser may be left but zombies on their way to a reaper.
     let deadline = Instant::now() + spec.verify_deadline;
@@ -471,7 +502,7 @@ async fn blocking<T: Send + Default + 'static>(f: impl FnOnce() -> T + Send + 's
     tokio::task::spawn_blocking(f).await.unwrap_or_default()
 }
 
-fn stderr_tail(dir: &Path) -> String {
+pub(crate) fn stderr_tail(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     let lines: Vec<&str> = text
         .lines()
@@ -510,6 +541,7 @@ async fn connect(
     };
     let config = HandlerConfig {
         request_timeout: spec.request_timeout,
+        request_intercept: spec.request_intercept,
         ..HandlerConfig::default()
     };
     let (browser, mut handler) = chromiumoxide::Browser::connect_with_config(ws, config).await?;

@@ -7,7 +7,7 @@
 //! then disposed with its own deadline, outside the race. A panic in a step is caught and is a
 //! failed attempt like any other. A failed attempt retires its browser.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,12 +24,33 @@ use crate::faults::Fault;
 use crate::job::{resolve_url, Job, Step};
 use crate::pool::{Lease, Pool};
 
+mod values;
+pub use values::{
+    artifact_name, artifact_prefix, StepValue, Values, MAX_SESSION_VALUES_BYTES, MAX_VALUE_BYTES,
+};
+
 /// What a session needs besides the pool.
 pub struct SessionEnv {
     pub job: Arc<Job>,
     pub site: String,
     pub artifacts: PathBuf,
+    /// `<job name>-<job id>` (see [`artifact_prefix`]), the start of every artifact's name.
+    pub artifact_prefix: String,
+    /// The job's network options (the proxy itself is the contexts', see `Spec`).
+    pub network: crate::netopts::Network,
+    /// Cookies every session starts with.
+    pub cookies: Vec<chromiumoxide::cdp::browser_protocol::network::CookieParam>,
+    /// Save each attempt's cookies beside its artifacts.
+    pub save_state: bool,
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Which attempt of which session is running, and where its `evaluate` values go.
+#[derive(Clone, Copy)]
+pub struct Attempt<'a> {
+    pub index: u64,
+    pub attempt: u32,
+    pub values: &'a Values,
 }
 
 #[derive(Debug)]
@@ -53,14 +74,14 @@ impl std::fmt::Display for AttemptError {
 pub async fn attempt(
     pool: &Arc<Pool>,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
     cancel: &CancellationToken,
 ) -> Result<(), AttemptError> {
+    let index = at.index;
     let deadline = tokio::time::Instant::now() + env.job.session_timeout;
     if faults.contains(&Fault::Abandon) {
-        return abandoned(pool, env, index, attempt, faults, cancel, deadline).await;
+        return abandoned(pool, env, at, faults, cancel, deadline).await;
     }
     let lease = tokio::select! {
         _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
@@ -73,7 +94,7 @@ pub async fn attempt(
     }
     let ctx_slot: Arc<Mutex<Option<BrowserContextId>>> = Arc::default();
     let result = race(
-        steps(&browser, env, index, attempt, faults, ctx_slot.clone()),
+        steps(&browser, env, at, faults, ctx_slot.clone()),
         &browser,
         cancel,
         deadline,
@@ -144,11 +165,11 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 async fn steps(
     browser: &Browser,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
     ctx_slot: Arc<Mutex<Option<BrowserContextId>>>,
 ) -> anyhow::Result<()> {
+    let index = at.index;
     let limit = setup_timeout(&env.job);
     let t = std::time::Instant::now();
     let warm = match browser.take_warm() {
@@ -174,13 +195,42 @@ async fn steps(
             (ctx, page)
         }
     };
-    let _ = ctx;
+    let name = |what: &str| {
+        env.artifacts.join(format!(
+            "{}-s{:05}-a{}-{what}",
+            env.artifact_prefix, at.index, at.attempt
+        ))
+    };
+    let applied = within(
+        limit,
+        "session options",
+        crate::jobnet::apply(
+            browser,
+            &ctx,
+            &page,
+            &env.network,
+            &env.cookies,
+            name("downloads"),
+        ),
+    )
+    .await?;
     tracing::debug!(
         session = index,
         ms = t.elapsed().as_secs_f64() * 1e3,
         "context and page ready"
     );
-    run_steps(&page, Some(browser), env, index, attempt, faults).await
+    let result = run_steps(&page, Some(browser), env, at, faults).await;
+    let state_out = env.save_state.then(|| name("state.json"));
+    let finished = within(
+        limit,
+        "session end",
+        crate::jobnet::finish(applied, browser, &ctx, state_out.as_deref()),
+    )
+    .await;
+    match (result, finished) {
+        (Err(e), _) => Err(e),
+        (Ok(()), r) => r,
+    }
 }
 
 /// Creating a context and its page is the runner's work, not a job step: it gets at least
@@ -196,10 +246,10 @@ async fn run_steps(
     page: &Page,
     browser: Option<&Browser>,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
 ) -> anyhow::Result<()> {
+    let index = at.index;
     let job = &env.job;
     let target = &job.targets[(index % job.targets.len() as u64) as usize];
     for (n, step) in job.steps.iter().enumerate() {
@@ -207,7 +257,7 @@ async fn run_steps(
         within(
             job.step_timeout,
             step.kind(),
-            exec(page, step, target, env, index, attempt, n),
+            exec(page, step, target, env, at, n),
         )
         .await
         .with_context(|| format!("step {} ({})", n + 1, step.kind()))?;
@@ -252,8 +302,7 @@ async fn exec(
     step: &Step,
     target: &str,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     n: usize,
 ) -> anyhow::Result<()> {
     match step {
@@ -286,7 +335,9 @@ async fn exec(
         }
         Step::Evaluate(expr) => {
             let v = page.evaluate_expression(expr.as_str()).await?;
-            tracing::debug!(session = index, value = ?v.value(), "evaluate");
+            tracing::debug!(session = at.index, value = ?v.value(), "evaluate");
+            at.values
+                .push(n + 1, v.value().cloned().unwrap_or(serde_json::Value::Null));
         }
         Step::Screenshot(s) => {
             let png = page
@@ -297,11 +348,11 @@ async fn exec(
                         .build(),
                 )
                 .await?;
-            write_artifact(&env.artifacts, index, attempt, n, "png", png).await?;
+            write_artifact(env, at, n, "png", png).await?;
         }
         Step::Pdf(_) => {
             let pdf = page.pdf(PrintToPdfParams::default()).await?;
-            write_artifact(&env.artifacts, index, attempt, n, "pdf", pdf).await?;
+            write_artifact(env, at, n, "pdf", pdf).await?;
         }
         Step::Sleep(d) => tokio::time::sleep(d.0).await,
     }
@@ -316,10 +367,11 @@ fn navigated_away(e: &chromiumoxide::error::CdpError) -> bool {
         || m.contains("Cannot find context")
 }
 
+/// `<artifacts>/<job>-<job id>-s<index>-a<attempt>-step<n>.<ext>`: the job's name and id
+/// keep runs that share an artifacts directory from overwriting each other's files.
 async fn write_artifact(
-    dir: &Path,
-    index: u64,
-    attempt: u32,
+    env: &SessionEnv,
+    at: Attempt<'_>,
     n: usize,
     ext: &str,
     bytes: Vec<u8>,
@@ -327,7 +379,13 @@ async fn write_artifact(
     if bytes.is_empty() {
         bail!("empty {ext}");
     }
-    let path = dir.join(format!("s{index:05}-a{attempt}-step{}.{ext}", n + 1));
+    let path = env.artifacts.join(artifact_name(
+        &env.artifact_prefix,
+        at.index,
+        at.attempt,
+        n,
+        ext,
+    ));
     tokio::fs::write(&path, bytes)
         .await
         .with_context(|| format!("writing {}", path.display()))
@@ -396,12 +454,12 @@ async fn inject(
 async fn abandoned(
     pool: &Arc<Pool>,
     env: &SessionEnv,
-    index: u64,
-    attempt: u32,
+    at: Attempt<'_>,
     faults: &[Fault],
     cancel: &CancellationToken,
     deadline: tokio::time::Instant,
 ) -> Result<(), AttemptError> {
+    let index = at.index;
     env.metrics.fault(Fault::Abandon).inc();
     let browser = tokio::select! {
         _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
@@ -427,7 +485,7 @@ async fn abandoned(
         )
         .await?;
         let page = within(env.job.step_timeout, "new page", browser.new_page(&ctx)).await?;
-        run_steps(&page, None, env, index, attempt, &others).await
+        run_steps(&page, None, env, at, &others).await
     };
     let result = race(body, &browser, cancel, deadline).await;
     // No cleanup: drop the CDP connection only.

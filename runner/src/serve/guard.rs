@@ -1,0 +1,129 @@
+//! The run directory's guard: a small process the service starts beside itself, so that a
+//! SIGKILLed service leaves no directory behind either.
+//!
+//! A SIGKILLed service takes its browsers along (parent-death signal, end of file on their CDP
+//! pipes), but no process of its own is left to remove `<run dir>`; without the guard it would
+//! wait for the service's next start (or the sidecar). The guard (`leakwarden-runner guard DIR`,
+//! process name `lw-run-guard`, its own process group) blocks reading a pipe whose only writer is
+//! the service. End of file means the service is gone, however it went. Then, if the directory
+//! still exists and its lock (`.lock`, held by the service for its whole life) is free, the guard
+//! waits for the processes naming the directory to exit (they are being killed by their
+//! parent-death signal; crashpad handlers follow within seconds), terminates those still there
+//! after [`GRACE`] through pidfds, removes the directory, and exits. After a normal exit the
+//! service has removed the directory itself, and the guard just exits.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{flock, FlockOperation};
+use rustix::pipe::PipeFlags;
+
+use crate::proc::Procfs;
+
+/// How long processes naming the directory get to exit by themselves.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The service's end: while it is open, the guard waits.
+pub struct Guard {
+    _writer: OwnedFd,
+}
+
+/// Start the guard of `run_dir`.
+pub fn spawn(run_dir: &Path) -> std::io::Result<Guard> {
+    use std::os::unix::process::CommandExt;
+    let (reader, writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    // The directory without a trailing `/`: every "which processes name `<run dir>/`" scan
+    // (cleanup verification, the final sweep) must not take the guard for a browser.
+    cmd.arg("guard")
+        .arg(run_dir)
+        .stdin(Stdio::from(reader))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Its own group: a signal to the service's group does not take the guard along.
+        .process_group(0)
+        .current_dir("/");
+    // Not waited for: it outlives the service on purpose; while the service lives, its reaper
+    // collects the guard's zombie should it die early.
+    drop(cmd.spawn()?);
+    Ok(Guard { _writer: writer })
+}
+
+/// The `guard` subcommand. Returns the exit code.
+pub fn run(dir: PathBuf) -> u8 {
+    let _ = rustix::thread::set_name(c"lw-run-guard");
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if !dir.exists() {
+        return 0;
+    }
+    // The service holds the lock for its whole life: if it is still held, the service is not
+    // gone (or another holds the directory); leave it.
+    match std::fs::File::open(dir.join(".lock")) {
+        Ok(f) if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() => return 0,
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return 0,
+        _ => {}
+    }
+    let procfs = Procfs::default();
+    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let alive = || -> Vec<crate::proc::Stat> {
+        procfs
+            .find(None, &needle, me)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.state != 'Z')
+            .collect()
+    };
+    let t = Instant::now();
+    while !alive().is_empty() && t.elapsed() < GRACE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = alive();
+    if !left.is_empty() {
+        eprintln!(
+            "lw-run-guard: {} process(es) still name {} {:?} after the service died; terminating",
+            left.len(),
+            dir.display(),
+            GRACE
+        );
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(crate::kill::terminate(
+                &procfs,
+                &left,
+                Duration::from_millis(1500),
+                Duration::from_secs(2),
+            ));
+        }
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {
+            eprintln!(
+                "lw-run-guard: the service is gone; removed {} after {:.1} s",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("lw-run-guard: removing {}: {e}", dir.display());
+            1
+        }
+    }
+}

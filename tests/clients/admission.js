@@ -1,0 +1,53 @@
+// N raw CDP clients (ws, the WebSocket library puppeteer uses) arriving SPACING_MS apart. Each
+// one that gets a session opens a page of the embedded site, keeps the session HOLD_MS, and
+// closes; each one turned away records the HTTP status and Retry-After. Prints one JSON array,
+// in arrival order. Usage: node admission.js WS_ENDPOINT SITE N SPACING_MS HOLD_MS
+const WebSocket = require('ws');
+
+const [endpoint, site, n, spacing, hold] = process.argv.slice(2);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function client(i) {
+  return new Promise((resolve) => {
+    const r = { i, status: null, session: null, retryAfter: null, ok: false };
+    const ws = new WebSocket(endpoint);
+    ws.on('upgrade', (res) => {
+      r.status = res.statusCode;
+      r.session = Number(res.headers['x-leakwarden-session']);
+    });
+    ws.on('unexpected-response', (req, res) => {
+      r.status = res.statusCode;
+      r.retryAfter = res.headers['retry-after'] ?? null;
+      res.resume();
+      req.destroy();
+      resolve(r);
+    });
+    ws.on('open', () => {
+      ws.send(JSON.stringify({ id: 1, method: 'Target.createTarget', params: { url: `${site}/rows` } }));
+    });
+    ws.on('message', (data) => {
+      const msg = JSON.parse(data);
+      if (msg.id === 1) {
+        r.ok = Boolean(msg.result && msg.result.targetId);
+        setTimeout(() => ws.close(), Number(hold));
+      }
+    });
+    ws.on('close', (code) => {
+      r.closeCode = code;
+      resolve(r);
+    });
+    ws.on('error', (e) => {
+      r.error = e.message;
+    });
+  });
+}
+
+(async () => {
+  const all = [];
+  for (let i = 0; i < Number(n); i++) {
+    all.push(client(i));
+    await sleep(Number(spacing));
+  }
+  console.log(JSON.stringify(await Promise.all(all)));
+  process.exit(0);
+})();
