@@ -110,16 +110,27 @@ fn unreadable_fd_counts_are_counted_and_never_exported_as_zero() {
         .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("watch");
     let err = child.stderr.take().expect("stderr");
-    let addr = listen_addr(err);
-    let metrics = leakwarden_tests::wait_for(
-        "two scans",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || {
-            let (_, m) = http_get(&addr, "/metrics").ok()?;
-            (sample(&m, "leakwarden_scans_total", &[]).unwrap_or(0.0) >= 2.0).then_some(m)
-        },
-    );
+    let (addr, log) = listen_addr(err);
+    let metrics = {
+        let start = std::time::Instant::now();
+        loop {
+            let m = http_get(&addr, "/metrics").ok().map(|(_, m)| m);
+            if let Some(m) =
+                m.filter(|m| sample(m, "leakwarden_scans_total", &[]).unwrap_or(0.0) >= 2.0)
+            {
+                break m;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no two scans within 30 s; sidecar log:\n{}",
+                    log.lock().map(|l| l.join("\n")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -161,19 +172,33 @@ fn walk(p: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
-/// The listen address from the sidecar's log (its `watching` line).
-fn listen_addr(err: std::process::ChildStderr) -> String {
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The listen address from the sidecar's log (its `watching` line); the rest of the log keeps
+/// being collected (for failure messages) by a thread.
+fn listen_addr(err: std::process::ChildStderr) -> (String, Log) {
     use std::io::BufRead;
     let re = regex::Regex::new(r"127\.0\.0\.1:(\d+)").expect("regex");
-    for line in std::io::BufReader::new(err).lines() {
-        let Ok(line) = line else { break };
-        if line.contains("watching") {
-            if let Some(c) = re.captures(&line) {
-                return format!("127.0.0.1:{}", &c[1]);
+    let log: Log = Default::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("watching") {
+                if let Some(c) = re.captures(&line) {
+                    let _ = tx.send(format!("127.0.0.1:{}", &c[1]));
+                }
+            }
+            if let Ok(mut l) = l2.lock() {
+                l.push(line);
             }
         }
-    }
-    panic!("no listen address in the sidecar's log");
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the listen address in the sidecar's log");
+    (addr, log)
 }
 
 /// In dry-run, an orphaned tree that stays orphaned is one decision per process, not one per
