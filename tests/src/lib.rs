@@ -103,6 +103,8 @@ pub fn chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 pub mod incidents;
+pub mod kube;
 pub mod ops;
+pub mod podsecurity;
 pub mod runner;
 pub mod sidecar;

@@ -45,6 +45,33 @@ pub fn venv_tool(name: &str) -> PathBuf {
     p
 }
 
+/// kubectl (for `kubectl kustomize`): the machine's, or the one `scripts/install-deps.sh` put in
+/// the tools' venv where the machine has none.
+pub fn kubectl() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| venv_tool("kubectl"))
+}
+
+/// The objects `kubectl kustomize DIR` renders (it runs kustomize's own code: components,
+/// patches, transformers exactly as `kubectl apply -k` would apply them). Panics with the error.
+pub fn kustomize(dir: &Path) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(kubectl());
+    cmd.arg("kustomize").arg(dir);
+    let out = crate::run(&mut cmd);
+    assert!(out.status.success(), "{}", crate::describe(&cmd, &out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split("\n---\n")
+        .map(|doc| {
+            serde_norway::from_str::<serde_json::Value>(doc)
+                .unwrap_or_else(|e| panic!("kustomize {}: {e}\n{doc}", dir.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
 /// Files in `dir` whose names end with `suffix`, sorted.
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
