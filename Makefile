@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
-.PHONY: all deps build release test lint fmt run e2e bench bench-runner bench-service soak incident clean
+.PHONY: all deps build release test lint fmt run e2e bench bench-runner bench-service soak incident mixin clean
 
 all: build
 
@@ -54,6 +54,10 @@ soak: deps release
 
 incident: deps build
 	./tests/incidents/replay.sh $(NAME)
+
+# Render alerts/, dashboards/ and the generated manifests from mixin/config.yaml (README "Alerts").
+mixin: deps
+	target/tools/venv/bin/python mixin/generate.py
 
 clean:
 	$(CARGO) clean

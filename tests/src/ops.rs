@@ -45,6 +45,33 @@ pub fn venv_tool(name: &str) -> PathBuf {
     p
 }
 
+/// kubectl (for `kubectl kustomize`): the machine's, or the one `scripts/install-deps.sh` put in
+/// the tools' venv where the machine has none.
+pub fn kubectl() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| venv_tool("kubectl"))
+}
+
+/// The objects `kubectl kustomize DIR` renders (it runs kustomize's own code: components,
+/// patches, transformers exactly as `kubectl apply -k` would apply them). Panics with the error.
+pub fn kustomize(dir: &Path) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(kubectl());
+    cmd.arg("kustomize").arg(dir);
+    let out = crate::run(&mut cmd);
+    assert!(out.status.success(), "{}", crate::describe(&cmd, &out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split("\n---\n")
+        .map(|doc| {
+            serde_norway::from_str::<serde_json::Value>(doc)
+                .unwrap_or_else(|e| panic!("kustomize {}: {e}\n{doc}", dir.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
 /// Files in `dir` whose names end with `suffix`, sorted.
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -440,14 +467,15 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
 
 // === the programs' own /metrics ===
 
-/// Runs the sidecar (`leakwarden watch --dry-run`, orphans judged after 2 s) and the runner
-/// (`leakwarden-runner run`, two sessions, one abandoned) side by side in one private PID
-/// namespace, so that per-family series, an orphan and a (dry-run) kill decision exist; scrapes
+/// Runs the sidecar (`leakwarden watch --dry-run`, orphans judged after 2 s), the runner
+/// (`leakwarden-runner run`, two sessions, one abandoned) and the runner's service
+/// (`leakwarden-runner serve`, no warm browsers) side by side in one private PID namespace, so that per-family series, an orphan and a (dry-run) kill decision exist; scrapes
 /// both and returns the union of their metric names, plus both raw expositions for messages.
 /// Nothing is killed (`--dry-run`), and the namespace dies with the test's `unshare` process.
 pub fn scrape_programs(dir: &Path) -> (BTreeSet<String>, String) {
     let sidecar_addr = format!("127.0.0.1:{}", free_port());
     let runner_addr = format!("127.0.0.1:{}", free_port());
+    let serve_addr = format!("127.0.0.1:{}", free_port());
     let policy = dir.join("policy.yaml");
     // Stale-profile roots are the test's own directory: in a PID namespace the sidecar cannot
     // see browsers outside it, so on a shared /tmp their live directories would look stale.
@@ -462,6 +490,7 @@ pub fn scrape_programs(dir: &Path) -> (BTreeSet<String>, String) {
     .expect("write policy");
     let script = format!(
         "{sidecar} watch --policy {policy} --listen {sidecar_addr} --interval 1s --dry-run & \
+         {runner} serve --listen {serve_addr} --warm 0 --max-sessions 1 & \
          {runner} run --sessions 2 --concurrency 1 --fault abandon:0.5 --listen {runner_addr}; \
          wait",
         sidecar = crate::bin("leakwarden").display(),
@@ -496,10 +525,17 @@ pub fn scrape_programs(dir: &Path) -> (BTreeSet<String>, String) {
             .then_some(s)
         },
     );
+    let service = wait_for(
+        "the runner service's /metrics",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || scrape(&serve_addr),
+    );
     let mut names = exposition_names(&sidecar);
     names.extend(exposition_names(&runner));
+    names.extend(exposition_names(&service));
     (
         names,
-        format!("--- sidecar /metrics ---\n{sidecar}\n--- runner /metrics ---\n{runner}"),
+        format!("--- sidecar /metrics ---\n{sidecar}\n--- runner /metrics ---\n{runner}\n--- runner service /metrics ---\n{service}"),
     )
 }

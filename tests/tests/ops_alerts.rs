@@ -1,13 +1,221 @@
-//! The alerting and recording rules under `alerts/`: promtool accepts them, their unit tests
-//! pass, and every alert follows the house style (monitoring-mixin): `for:`, a `severity` label,
-//! summary/description/runbook_url annotations, a runbook section, and unit tests that show it
-//! both firing and not firing.
+//! The alerting and recording rules under `alerts/`: rendered by the mixin (`mixin/generate.py`
+//! from `mixin/config.yaml`) and identical to what it renders now; promtool accepts them, their
+//! unit tests pass, and every alert follows the house style (monitoring-mixin): `for:`, a
+//! `severity` label, summary/description/runbook_url annotations, a runbook section, unit tests
+//! that show it both firing and not firing, aggregations `by (cluster, namespace, pod, …)` and
+//! texts that name the pod and node rather than a pod IP. A configuration given to the generator
+//! reaches every rule and dashboard.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use leakwarden_tests::ops::{files_ending, read_yaml, rule_files, rules_of, tool};
+use leakwarden_tests::ops::{files_ending, read_yaml, rule_files, rules_of, tool, venv_tool};
 use leakwarden_tests::{describe, run, workspace_root};
+
+/// `mixin/generate.py ARGS…` with the tools' venv Python (PyYAML, grafana-foundation-sdk).
+fn mixin(args: &[&str]) -> Command {
+    let mut cmd = Command::new(venv_tool("python"));
+    cmd.arg(workspace_root().join("mixin/generate.py"))
+        .args(args);
+    cmd
+}
+
+#[test]
+fn checked_in_rules_dashboards_and_manifests_are_what_the_mixin_renders() {
+    let mut cmd = mixin(&["--check"]);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", describe(&cmd, &out));
+}
+
+/// The check above must be able to fail: a hand edit to a rendered file is caught.
+#[test]
+fn the_mixin_check_catches_a_hand_edited_rendered_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = mixin(&["--out", dir.path().to_str().expect("utf-8 path")]);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", describe(&cmd, &out));
+    let rules = dir.path().join("alerts/leakwarden.rules.yaml");
+    let text = std::fs::read_to_string(&rules).expect("rendered rules");
+    std::fs::write(&rules, text.replacen("for: 5m", "for: 6m", 1)).expect("edit");
+    let mut cmd = mixin(&["--check", "--out", dir.path().to_str().expect("utf-8 path")]);
+    let out = run(&mut cmd);
+    assert!(!out.status.success(), "{}", describe(&cmd, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("alerts/leakwarden.rules.yaml"),
+        "{}",
+        describe(&cmd, &out)
+    );
+}
+
+/// One place holds the configuration: selectors, the cluster label, the runbook base URL,
+/// thresholds and `for:` durations given in one override file reach every rendered rule and
+/// dashboard, and the result still passes promtool.
+#[test]
+fn a_configuration_override_reaches_every_rule_and_dashboard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides = dir.path().join("my.yaml");
+    std::fs::write(
+        &overrides,
+        r#"selectors: {sidecar: 'job="lw-node"', runner: 'job="lw-bots"'}
+cluster_label: k8s_cluster
+runbook_url: https://runbooks.example/leakwarden.md
+alerts:
+  LeakwardenOrphanedBrowsers: {for: 7m, severity: critical}
+  LeakwardenZombiesAccumulating: {zombies: 42}
+"#,
+    )
+    .expect("write overrides");
+    let out_dir = dir.path().join("out");
+    let mut cmd = mixin(&[
+        "--config",
+        overrides.to_str().expect("utf-8"),
+        "--out",
+        out_dir.to_str().expect("utf-8"),
+    ]);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", describe(&cmd, &out));
+
+    let rules_path = out_dir.join("alerts/leakwarden.rules.yaml");
+    let mut cmd = Command::new(tool("promtool"));
+    cmd.args(["check", "rules"]).arg(&rules_path);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", describe(&cmd, &out));
+
+    let rules = rules_of(&read_yaml(&rules_path));
+    let by = regex::Regex::new(r"\bby \(([^)]*)\)").expect("regex");
+    let mut problems = Vec::new();
+    for r in &rules {
+        let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?");
+        let expr = r["expr"].as_str().unwrap_or("");
+        if expr.contains(r#"job="leakwarden""#) || expr.contains(r#"job="leakwarden-runner""#) {
+            problems.push(format!("{name}: default job selector left in {expr}"));
+        }
+        for c in by.captures_iter(expr) {
+            if !c[1].starts_with("k8s_cluster") {
+                problems.push(format!(
+                    "{name}: by ({}) without the configured cluster label",
+                    &c[1]
+                ));
+            }
+        }
+        if let Some(url) = r["annotations"]["runbook_url"].as_str() {
+            if !url.starts_with("https://runbooks.example/leakwarden.md#") {
+                problems.push(format!("{name}: runbook_url {url}"));
+            }
+        }
+    }
+    let orphaned = rules
+        .iter()
+        .find(|r| r["alert"] == "LeakwardenOrphanedBrowsers")
+        .expect("alert");
+    assert_eq!(orphaned["for"], "7m");
+    assert_eq!(orphaned["labels"]["severity"], "critical");
+    assert!(orphaned["annotations"]["description"]
+        .as_str()
+        .unwrap_or("")
+        .contains("for more than 7 minutes"));
+    let zombies = rules
+        .iter()
+        .find(|r| r["alert"] == "LeakwardenZombiesAccumulating")
+        .expect("alert");
+    assert!(
+        zombies["expr"].as_str().unwrap_or("").ends_with("> 42"),
+        "{zombies}"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The PrometheusRule carries the same groups; the dashboards the same selectors and label.
+    let pr =
+        read_yaml(&out_dir.join("deploy/kubernetes/components/monitoring/prometheusrule.yaml"));
+    assert_eq!(pr["spec"]["groups"], read_yaml(&rules_path)["groups"]);
+    for f in files_ending(&out_dir.join("dashboards"), ".json") {
+        let text = std::fs::read_to_string(&f).expect("dashboard");
+        assert!(
+            text.contains("k8s_cluster=~"),
+            "{}: no k8s_cluster filter",
+            f.display()
+        );
+        assert!(
+            !text.contains(r#"job=\"leakwarden"#),
+            "{}: default job selector",
+            f.display()
+        );
+        assert!(
+            text.contains(r#"job=\"lw-"#),
+            "{}: configured job selector",
+            f.display()
+        );
+    }
+}
+
+/// Aggregations name what they keep — `by (cluster, namespace, pod, …)` — so recorded series and
+/// alerts carry the same labels whatever a scrape adds; `without` would keep anything.
+#[test]
+fn every_aggregation_keeps_cluster_namespace_and_pod() {
+    let by = regex::Regex::new(r"\bby \(([^)]*)\)").expect("regex");
+    let without = regex::Regex::new(r"\bwithout\s*\(").expect("regex");
+    let mut problems = Vec::new();
+    for f in rule_files() {
+        for r in rules_of(&read_yaml(&f)) {
+            let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?");
+            let expr = r["expr"].as_str().unwrap_or("");
+            if without.is_match(expr) {
+                problems.push(format!("{name}: `without` in {expr}"));
+            }
+            for c in by.captures_iter(expr) {
+                let labels: Vec<&str> = c[1].split(',').map(str::trim).collect();
+                // `count by (cluster)` (LeakwardenRunnerAbsent) counts targets per cluster.
+                let ok =
+                    labels.starts_with(&["cluster", "namespace", "pod"]) || labels == ["cluster"];
+                if !ok {
+                    problems.push(format!("{name}: by ({}) in {expr}", &c[1]));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A pod IP (`instance` in Kubernetes) tells an on-call person nothing: texts name the pod, its
+/// namespace and node, and fall back to `instance` only where there is no pod or node (a systemd
+/// host). The only other use of `instance` is to look up the alert's own target in a `query`.
+#[test]
+fn alert_texts_name_namespace_pod_and_node_not_the_instance() {
+    let fallback = "{{ else }}{{ $labels.instance }}{{ end }}";
+    let mut problems = Vec::new();
+    for (name, rule) in alerts() {
+        for key in ["summary", "description"] {
+            let text = rule["annotations"][key].as_str().unwrap_or("");
+            let rest = text
+                .replace(fallback, "")
+                .replace("$labels.instance $labels.job", "");
+            if rest.contains("$labels.instance") {
+                problems.push(format!("{name}: {key} names $labels.instance: {text}"));
+            }
+            if text.contains(fallback)
+                && !(text.contains("$labels.pod") && text.contains("$labels.node"))
+            {
+                problems.push(format!(
+                    "{name}: {key} falls back to instance without naming pod and node"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn mixin_config_names_every_alert_and_nothing_else() {
+    let config = read_yaml(&workspace_root().join("mixin/config.yaml"));
+    let configured: BTreeSet<String> = config["alerts"]
+        .as_object()
+        .expect("alerts: in mixin/config.yaml")
+        .keys()
+        .cloned()
+        .collect();
+    let rendered: BTreeSet<String> = alerts().keys().cloned().collect();
+    assert_eq!(configured, rendered);
+}
 
 #[test]
 fn promtool_checks_every_rule_file() {
