@@ -226,8 +226,9 @@ fn serve_one_client_cannot_list_or_attach_to_anothers_targets_chromium() {
     stop_and_assert_nothing_left(run);
 }
 
-/// 100 sessions in a row: after the first 20 (pools, buffers, allocator warm), the service's
-/// RSS, open descriptors and tokio tasks stay where they were through the next 80.
+/// 100 sessions, back to back in two streams (the service's default has four slots and two warm
+/// browsers): after the first 20 (pools, buffers, allocator warm), the service's RSS, open
+/// descriptors and tokio tasks stay where they were through the next 80.
 #[test]
 fn serve_hundred_sessions_in_a_row_keep_rss_fds_and_tasks_flat_chromium() {
     if !ready() {
@@ -256,13 +257,13 @@ fn serve_hundred_sessions_in_a_row_keep_rss_fds_and_tasks_flat_chromium() {
         (rss, fds, tasks)
     };
     let v = run_client(
-        &mut node("many.js", &[&run.ws_url(), &run.site(), "20"]),
+        &mut node("many.js", &[&run.ws_url(), &run.site(), "20", "2"]),
         Duration::from_secs(240),
     );
     assert_eq!(v["ok"], 20, "{v}");
     let (rss1, fds1, tasks1) = quiet(&run);
     let v = run_client(
-        &mut node("many.js", &[&run.ws_url(), &run.site(), "80"]),
+        &mut node("many.js", &[&run.ws_url(), &run.site(), "80", "2"]),
         Duration::from_secs(600),
     );
     assert_eq!(v["ok"], 80, "{v}");
