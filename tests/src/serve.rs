@@ -325,14 +325,23 @@ pub fn clients_installed() -> bool {
 pub fn node(script: &str, args: &[&str]) -> Command {
     let mut c = Command::new("node");
     c.arg(clients_dir().join(script)).args(args);
-    c.current_dir(clients_dir());
+    c.current_dir(clients_dir()).env("TMPDIR", clients_tmp());
     c
+}
+
+/// The clients' TMPDIR: Playwright keeps an artifacts directory there that a SIGKILLed client
+/// (on purpose, in some tests) cannot remove; it stays under target/, not in the machine's /tmp.
+fn clients_tmp() -> PathBuf {
+    let d = workspace_root().join("target/tmp/clients");
+    let _ = std::fs::create_dir_all(&d);
+    d
 }
 
 /// `target/tools/venv/bin/python tests/clients/<script> ARGS…`.
 pub fn python_client(script: &str, args: &[&str]) -> Command {
     let mut c = Command::new(python());
     c.arg(clients_dir().join(script)).args(args);
+    c.env("TMPDIR", clients_tmp());
     c
 }
 
