@@ -3,8 +3,10 @@
 //! instead of `pkill -9 -f chrome`.
 //!
 //! Exit codes (also in README.md):
-//! - 0 — nothing found;
-//! - 2 — found, nothing done (dry-run: no `--kill`, or the policy's `dry_run`);
+//! - 0 — nothing found, or nothing left: what was found had ended or been removed by someone
+//!   else (the daemon acting on the same tree) before this run got to it;
+//! - 2 — found, nothing done (dry-run: no `--kill`, or the policy's `dry_run`; or a guard
+//!   refused every kill);
 //! - 3 — acted: every kill and removal succeeded;
 //! - 1 — an error: a kill or a removal failed, or the scan failed;
 //! - 64 — bad usage or an invalid policy.
@@ -132,11 +134,20 @@ impl Report {
             .flat_map(|i| i.outcomes.iter())
             .any(|o| o.outcome == "terminated" || o.outcome == "killed")
             || self.stale_dirs.iter().any(|d| d.result == "removed");
+        // Everything found had ended (or its PID was reused) or been removed by someone else —
+        // the daemon acting on the same tree — before this run got to it: nothing is left.
+        let all_gone = self
+            .items
+            .iter()
+            .flat_map(|i| i.outcomes.iter())
+            .all(|o| o.outcome.starts_with("skipped ("))
+            && self.items.iter().all(|i| !i.outcomes.is_empty())
+            && self.stale_dirs.iter().all(|d| d.result.starts_with("gone"));
         if any_failed {
             EXIT_ERROR
         } else if acted {
             EXIT_ACTED
-        } else if self.items.is_empty() && self.stale_dirs.is_empty() {
+        } else if (self.items.is_empty() && self.stale_dirs.is_empty()) || all_gone {
             EXIT_NOTHING
         } else {
             EXIT_FOUND_DRY_RUN
@@ -344,6 +355,29 @@ mod tests {
         assert_eq!(r("dry_run").exit_code(), EXIT_FOUND_DRY_RUN);
         assert_eq!(r("killed").exit_code(), EXIT_ACTED);
         assert_eq!(r("failed (EPERM)").exit_code(), EXIT_ERROR);
+        // Another killer (the daemon) got there first: nothing was left, not "found, nothing done".
+        assert_eq!(r("skipped (already gone)").exit_code(), EXIT_NOTHING);
+        assert_eq!(r("protected (uid 0)").exit_code(), EXIT_FOUND_DRY_RUN);
+        let gone_dir = Report {
+            dry_run: false,
+            items: vec![],
+            stale_dirs: vec![StaleDir {
+                path: "/tmp/p".into(),
+                bytes: None,
+                age_seconds: 0,
+                result: "gone: already removed".into(),
+            }],
+        };
+        assert_eq!(gone_dir.exit_code(), EXIT_NOTHING);
+        let dry_items_without_outcomes = Report {
+            dry_run: true,
+            items: vec![Item {
+                outcomes: vec![],
+                ..item("x")
+            }],
+            stale_dirs: vec![],
+        };
+        assert_eq!(dry_items_without_outcomes.exit_code(), EXIT_FOUND_DRY_RUN);
         assert!(r("killed").to_table().contains("RULE"));
     }
 }

@@ -267,40 +267,41 @@ fn incident_task_leak() {
     }
     let r = replay("task-leak");
     let m = "metrics-detect.txt";
-    let fds = [("family", "service"), ("resource", "fds")];
-    assert_eq!(r.metric(m, "leakwarden_leak_suspects", &fds), Some(1.0));
+    let suspects = |family: &str, resource: &str| {
+        r.metric(
+            m,
+            "leakwarden_leak_suspects",
+            &[("family", family), ("resource", resource)],
+        )
+    };
+    let fds = [("family", "db"), ("resource", "fds")];
+    assert_eq!(suspects("db", "fds"), Some(1.0));
     let ttl = r
         .metric(m, "leakwarden_leak_time_to_limit_seconds", &fds)
         .unwrap();
     // 10 + 50/s under a limit of 1024: the projection is tens of seconds, not hours.
     assert!(ttl > 1.0 && ttl < 60.0, "time to RLIMIT_NOFILE {ttl}");
-    assert_eq!(
-        r.metric(
-            m,
-            "leakwarden_leak_suspects",
-            &[("family", "service"), ("resource", "threads")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        r.metric(
-            m,
-            "leakwarden_leak_suspects",
-            &[("family", "service"), ("resource", "memory")]
-        ),
-        Some(0.0)
-    );
+    assert_eq!(suspects("tasks", "threads"), Some(1.0));
+    // Each resource is judged on its own: the FD leak is not a memory or thread leak (db-service's
+    // RSS stays within a page). task-service's memory is not asserted: every thread it leaks
+    // carries a stack, so its RSS really grows (~100 KiB/s), and whether that verdict has come
+    // by the time the threads' has is a race (it once made a `memory == 0` assertion flaky).
+    assert_eq!(suspects("db", "memory"), Some(0.0));
+    assert_eq!(suspects("db", "threads"), Some(0.0));
+    assert_eq!(suspects("tasks", "fds"), Some(0.0));
     let threads = r
-        .metric(m, "leakwarden_family_threads", &[("family", "service")])
+        .metric(m, "leakwarden_family_threads", &[("family", "tasks")])
         .unwrap();
     assert!(threads > 4.0, "threads per family exported: {threads}");
     let ratio = r
-        .metric(m, "leakwarden_fd_limit_ratio_max", &[("family", "service")])
+        .metric(m, "leakwarden_fd_limit_ratio_max", &[("family", "db")])
         .unwrap();
     assert!(ratio > 0.0 && ratio < 0.8, "{ratio}");
     let scan = r.json("scan-detect.json");
-    let fam = family(&scan, "service").unwrap_or_else(|| panic!("{scan:#}"));
-    assert_eq!(fam["processes"], 2, "{fam:#}");
+    for name in ["db", "tasks"] {
+        let fam = family(&scan, name).unwrap_or_else(|| panic!("{name}: {scan:#}"));
+        assert_eq!(fam["processes"], 1, "{fam:#}");
+    }
     if r.has("alert-LeakwardenLeakSuspected.json") {
         let fired = r.alerts("LeakwardenLeakSuspected");
         let res: Vec<&str> = fired

@@ -53,16 +53,23 @@ impl Default for LeakParams {
     }
 }
 
-/// Samples within a sliding time window.
+/// Samples within a sliding time window, kept small: a node has hundreds of trees, each with three
+/// series. Points are stored as `f32` offsets from the series' own base time and `f32` values
+/// (7 significant digits: far below any trend that matters), and thinned in time so a window
+/// never holds more than [`MAX_SAMPLES`] — the fit uses at most [`MAX_FIT_POINTS`] anyway. The
+/// newest point is always the latest sample.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
-    samples: VecDeque<(f64, f64)>,
+    base: f64,
+    samples: VecDeque<(f32, f32)>,
 }
 
-/// Samples kept at most, whatever the window (bounds memory per tree).
-pub const MAX_SAMPLES: usize = 720;
+/// Points kept at most per window (bounds memory per tree: 3 series × 240 × 8 bytes).
+pub const MAX_SAMPLES: usize = 240;
 /// Theil–Sen works on at most this many points (evenly subsampled): O(n²) pairs.
 pub const MAX_FIT_POINTS: usize = 200;
+/// Offsets are re-based past this many seconds, so `f32` keeps sub-second precision.
+const REBASE_AFTER: f64 = 1.0e6;
 /// Each half of the window must show at least this fraction of the whole window's slope (same
 /// sign) for a trend to count: a step is flat on one side of the jump.
 pub const HALF_SLOPE_FRACTION: f64 = 0.5;
@@ -74,14 +81,36 @@ impl Series {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Add a sample at `t` seconds (monotonic) and drop those older than `window`.
+    /// Add a sample at `t` seconds (monotonic) and drop those older than `window`. Samples closer
+    /// than `window / MAX_SAMPLES` to the point before the newest replace the newest.
     pub fn push(&mut self, t: f64, v: f64, window: Duration) {
         if !t.is_finite() || !v.is_finite() {
             return;
         }
-        self.samples.push_back((t, v));
+        if self.samples.is_empty() {
+            self.base = t;
+        }
+        if t - self.base > REBASE_AFTER {
+            let shift = t - self.base;
+            for s in self.samples.iter_mut() {
+                s.0 = (f64::from(s.0) - shift) as f32;
+            }
+            self.base = t;
+        }
+        let step = window.as_secs_f64() / MAX_SAMPLES as f64;
+        let point = ((t - self.base) as f32, v as f32);
+        let n = self.samples.len();
+        let thin = n >= 2 && t - (self.base + f64::from(self.samples[n - 2].0)) < step;
+        match (thin, self.samples.back_mut()) {
+            (true, Some(last)) => *last = point,
+            _ => self.samples.push_back(point),
+        }
         let oldest = t - window.as_secs_f64();
-        while self.samples.front().is_some_and(|&(s, _)| s < oldest) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(s, _)| self.base + f64::from(s) < oldest)
+        {
             self.samples.pop_front();
         }
         while self.samples.len() > MAX_SAMPLES {
@@ -95,13 +124,17 @@ impl Series {
         self.samples.is_empty()
     }
     pub fn last(&self) -> Option<(f64, f64)> {
-        self.samples.back().copied()
+        self.samples
+            .back()
+            .map(|&(t, v)| (self.base + f64::from(t), f64::from(v)))
     }
     pub fn first_t(&self) -> Option<f64> {
-        self.samples.front().map(|s| s.0)
+        self.samples.front().map(|s| self.base + f64::from(s.0))
     }
     pub fn samples(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
-        self.samples.iter().copied()
+        self.samples
+            .iter()
+            .map(|&(t, v)| (self.base + f64::from(t), f64::from(v)))
     }
 }
 
@@ -511,12 +544,54 @@ mod tests {
         s.push(0.0, f64::NAN, Duration::from_secs(10));
         s.push(f64::INFINITY, 1.0, Duration::from_secs(10));
         assert!(s.is_empty());
+        // One sample a second, each just over `window / MAX_SAMPLES` apart: nothing is thinned,
+        // the window alone bounds the series to MAX_SAMPLES points.
+        let w = Duration::from_secs_f64(MAX_SAMPLES as f64 - 0.5);
         for i in 0..2000 {
-            s.push(i as f64, i as f64, Duration::from_secs(100_000));
+            s.push(i as f64, i as f64, w);
         }
         assert_eq!(s.len(), MAX_SAMPLES);
         assert_eq!(s.last(), Some((1999.0, 1999.0)));
-        assert_eq!(s.samples().next(), Some((1280.0, 1280.0)));
+        assert_eq!(s.samples().next(), Some((1760.0, 1760.0)));
+    }
+
+    #[test]
+    fn a_fast_scan_is_thinned_to_the_window_and_keeps_the_latest_value() {
+        // 10 samples a second over a 60 s window: at most MAX_SAMPLES points, evenly spread,
+        // the newest exact.
+        let mut s = Series::new();
+        let w = Duration::from_secs(60);
+        for i in 0..6000 {
+            let t = 1000.0 + i as f64 * 0.1;
+            s.push(t, t * 2.0, w);
+        }
+        assert!(s.len() <= MAX_SAMPLES, "{}", s.len());
+        assert!(s.len() >= MAX_SAMPLES - 2, "{}", s.len());
+        let (t, v) = s.last().expect("last");
+        assert!(
+            (t - 1599.9).abs() < 1e-3 && (v - 3199.8).abs() < 1e-2,
+            "{t} {v}"
+        );
+        let first = s.first_t().expect("first");
+        assert!(t - first <= 60.0 + 1e-3, "the window: {first}..{t}");
+        // A steady slope survives the f32 storage: 2 per second.
+        let v = analyze(&s.samples().collect::<Vec<_>>(), &p());
+        assert!((v.slope_per_second - 2.0).abs() < 0.01, "{v:?}");
+    }
+
+    #[test]
+    fn offsets_are_rebased_so_a_long_lived_series_keeps_its_precision() {
+        let mut s = Series::new();
+        let w = Duration::from_secs(30);
+        for i in 0..100 {
+            let t = 5.0e7 + i as f64; // more than a year of uptime
+            s.push(t, 1.0e9 + i as f64 * 1.0e6, w);
+        }
+        let pts: Vec<(f64, f64)> = s.samples().collect();
+        assert!(
+            pts.windows(2).all(|w| (w[1].0 - w[0].0 - 1.0).abs() < 1e-3),
+            "{pts:?}"
+        );
     }
 
     #[test]

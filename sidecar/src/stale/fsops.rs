@@ -241,7 +241,14 @@ fn remove_rec(
     if depth > MAX_DEPTH {
         return Err(format!("{} nests deeper than {MAX_DEPTH}", show()));
     }
-    let fd = open_dir_at(parent, name).map_err(|e| format!("open {}: {e}", show()))?;
+    // Gone already (another remover — the daemon and `cleanup --kill` can both act on one
+    // killed tree — got there first): that is what removing wanted. Only ENOENT counts so: a
+    // symlink or a non-directory in its place (ELOOP, ENOTDIR) is still refused.
+    let fd = match open_dir_at(parent, name) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(format!("open {}: {e}", show())),
+    };
     let m = stat_fd(fd.as_fd()).map_err(|e| format!("stat {}: {e}", show()))?;
     if m.mnt != mnt {
         return Err(format!("{} is a mount point: left alone", show()));
@@ -258,8 +265,10 @@ fn remove_rec(
             Ok(c) if c.kind == FileType::Directory => {
                 remove_rec(fd.as_fd(), &child, Some(c.id), mnt, depth + 1, budget)
             }
-            Ok(_) => unlinkat(fd.as_fd(), child.as_c_str(), AtFlags::empty())
-                .map_err(|e| format!("unlink {}: {e}", child.to_string_lossy())),
+            Ok(_) => match unlinkat(fd.as_fd(), child.as_c_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(e) => Err(format!("unlink {}: {e}", child.to_string_lossy())),
+            },
             Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(format!("stat {}: {e}", child.to_string_lossy())),
         };
@@ -395,6 +404,48 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(2));
         drop((l, held));
         assert_eq!(held_here(fd.as_fd()), Ok(false), "nobody listens any more");
+    }
+
+    #[test]
+    fn two_removers_racing_over_one_tree_both_succeed() {
+        // The daemon and `cleanup --kill` can both kill a tree and remove its profile at once:
+        // what the other remover took first is gone, which is what removing wanted. (It once
+        // failed with `unlink CURRENT: No such file or directory`.)
+        for round in 0..5 {
+            let d = tempfile::tempdir().expect("tempdir");
+            let p = d.path().join("profile");
+            for i in 0..20 {
+                let sub = p.join(format!("d{i}/e"));
+                std::fs::create_dir_all(&sub).expect("mkdir");
+                for j in 0..40 {
+                    std::fs::write(sub.join(format!("f{j}")), "x").expect("write");
+                }
+            }
+            let (root, m) = open_root(d.path()).expect("root");
+            let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..2)
+                    .map(|_| {
+                        let root = root.as_fd();
+                        s.spawn(move || remove_tree(root, c"profile", None, m.mnt, &mut budget()))
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("remover panicked"))
+                    .collect()
+            });
+            assert!(
+                results.iter().all(Result::is_ok),
+                "round {round}: {results:?}"
+            );
+            assert!(!p.exists());
+        }
+        // Already gone: nothing to do, not a failure.
+        let d = tempfile::tempdir().expect("tempdir");
+        let (root, m) = open_root(d.path()).expect("root");
+        assert_eq!(
+            remove_tree(root.as_fd(), c"gone", None, m.mnt, &mut budget()),
+            Ok(())
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{openat, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::cleanup::StaleDir;
 use crate::policy::Policy;
@@ -295,6 +296,7 @@ impl KilledProfile {
             age_seconds: 0,
             result: match result {
                 Ok(()) => "removed".into(),
+                Err(Why::Gone) => "gone: already removed".into(),
                 Err(Why::Kept(why)) => format!("kept: {why}"),
                 Err(Why::Failed(why)) => format!("failed: {why}"),
             },
@@ -314,7 +316,12 @@ impl KilledProfile {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Why::Failed(format!("opening its parent: {e}")))?;
+        .map_err(|e| match e {
+            // A removed directory has no `..`: another remover (the daemon, or `cleanup --kill`
+            // acting on the same killed tree) was first.
+            Errno::NOENT => Why::Gone,
+            e => Why::Failed(format!("opening its parent: {e}")),
+        })?;
         let pm = fsops::stat_fd(parent.as_fd()).map_err(|e| Why::Failed(e.to_string()))?;
         let roots = open_roots(policy);
         if !inside_a_root(parent.as_fd(), pm.id, &roots) {
@@ -333,14 +340,17 @@ impl KilledProfile {
                 }
             }
             Ok(_) => return Err(Why::Kept("its name now names something else".into())),
+            Err(Errno::NOENT) => return Err(Why::Gone),
             Err(e) => return Err(Why::Failed(format!("stat: {e}"))),
         }
         let in_use = inuse::resolve(s, proc_root, &HashSet::new());
         if in_use.covers(self.id, self.name.as_bytes()) {
             return Err(Why::Kept("a live process uses it".into()));
         }
-        let fd = fsops::open_dir_at(parent.as_fd(), &self.name)
-            .map_err(|e| Why::Failed(format!("open: {e}")))?;
+        let fd = fsops::open_dir_at(parent.as_fd(), &self.name).map_err(|e| match e {
+            Errno::NOENT => Why::Gone,
+            e => Why::Failed(format!("open: {e}")),
+        })?;
         let mut budget = Budget {
             entries: WALK_ENTRIES,
             deadline,
@@ -361,6 +371,8 @@ impl KilledProfile {
 }
 
 enum Why {
+    /// Removed by someone else meanwhile: nothing left to do, and nothing failed.
+    Gone,
     Kept(String),
     Failed(String),
 }

@@ -21,25 +21,29 @@ NOFILE=${NOFILE:-1024}
 write_policy() {
 cat >"$W/policy.yaml" <<YAML
 families:
-  - name: service
+  - name: db
     kind: generic
     match:
-      - cmdline: 'marker=(db|task)-service'
+      - cmdline: 'marker=db-service'
+  - name: tasks
+    kind: generic
+    match:
+      - cmdline: 'marker=task-service'
 rules:
   - name: fds-near-limit
-    family: [service]
+    family: [db]
     when:
       fd_ratio_above: 0.8
     action: $1
     grace: 2s
   - name: thread-leak
-    family: [service]
+    family: [tasks]
     when:
       leak: { resource: threads, for: 5s }
     action: $1
     grace: 2s
   - name: fd-leak
-    family: [service]
+    family: [db]
     when:
       leak: { resource: fds, for: 1s }
     action: report
@@ -72,13 +76,13 @@ say "db-service pid $DB (RLIMIT_NOFILE $NOFILE), task-service pid $TASKS"
 grep -E '^Max open files' "$(NSPROC)/$DB/limits" | sed 's/^/  \/proc\/PID\/limits: /'
 
 _fds_growing() {
-  metric_cmp leakwarden_leak_suspects '>=' 1 'family="service"' 'resource="fds"' &&
-    metric_cmp leakwarden_leak_time_to_limit_seconds '>' 0 'family="service"' 'resource="fds"'
+  metric_cmp leakwarden_leak_suspects '>=' 1 'family="db"' 'resource="fds"' &&
+    metric_cmp leakwarden_leak_time_to_limit_seconds '>' 0 'family="db"' 'resource="fds"'
 }
 wait_until "an FD growing verdict with a time to RLIMIT_NOFILE" 30 _fds_growing
 mark detected
 say "FDs: growing, detected $(between fault detected)s after the leak started"
-_threads_growing() { metric_cmp leakwarden_leak_suspects '>=' 1 'family="service"' 'resource="threads"'; }
+_threads_growing() { metric_cmp leakwarden_leak_suspects '>=' 1 'family="tasks"' 'resource="threads"'; }
 wait_until "a threads growing verdict" 30 _threads_growing
 mark detected_threads
 say "threads: growing, detected $(between fault detected_threads)s after the leak started"
@@ -87,8 +91,8 @@ scan_json "$W/policy.yaml" >"$OUT/scan-detect.json"
 # The one-shot scan has no series; the daemon's verdicts are in /metrics (and its own scans).
 echo "\$ leakwarden scan"
 scan_table "$W/policy.yaml" | sed 's/^/  /' | cut -c1-200
-echo "\$ curl -s $SIDECAR/metrics | grep service"
-show_metrics '^leakwarden_(leak_suspects|leak_time_to_limit_seconds|family_threads|family_open_fds|fd_limit_ratio_max)\{.*service'
+echo "\$ curl -s $SIDECAR/metrics | grep -E 'family=\"(db|tasks)\"'"
+show_metrics '^leakwarden_(leak_suspects|leak_time_to_limit_seconds|family_threads|family_open_fds|fd_limit_ratio_max)\{.*family="(db|tasks)"'
 if [[ -n $PROM_PID ]]; then
   # One alert per resource: wait for both (the first to fire is either).
   _leak_alerts() {
