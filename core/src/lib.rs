@@ -9,9 +9,11 @@
 //! - [`http`]: the HTTP/1.1 front end both programs serve `/metrics` (and more) with, hardened
 //!   against clients that connect and send nothing.
 //! - [`limits`]: raising `RLIMIT_NOFILE` and sizing what depends on it.
+//! - [`alloc`]: giving a rebuilt-every-interval working set back to the kernel when it is freed.
 //!
 //! Nothing here knows about policies, browsers or jobs: arrows point from the programs to here.
 
+pub mod alloc;
 pub mod http;
 pub mod kill;
 pub mod limits;

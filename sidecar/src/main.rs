@@ -255,6 +255,11 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 pod_attribution,
                 proc_root,
             };
+            // Each scan's snapshot replaces the last: give it back to the kernel when dropped
+            // (before any thread exists, as glibc asks).
+            if !leakwarden_core::alloc::return_freed_memory() {
+                tracing::debug!("allocator not tunable here; resident size follows its defaults");
+            }
             let rt = runtime()?;
             rt.block_on(async move {
                 let token = CancellationToken::new();

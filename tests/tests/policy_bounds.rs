@@ -176,7 +176,7 @@ fn the_bounds_themselves_are_accepted() {
             "      leak: {resource: memory, for: 365d}\n",
             "      zombie_parent: {min_zombies: 4194304, for: 365d}\n",
             "    grace: 10m\n    action: kill-tree\n",
-            "leak:\n  window: 7d\n  min_samples: 240\n  alpha: 0.49\n",
+            "leak:\n  window: 7d\n  min_samples: 120\n  alpha: 0.49\n",
             "  min_relative_slope_per_hour: 100\n",
             "stale_profiles:\n  older_than: 365d\n",
         ),
@@ -204,7 +204,7 @@ fn watch_survives_an_orphan_under_the_largest_values() {
             "dry_run: true\nmax_kills_per_minute: 100000\nfamilies:\n{FAKE_CHROMIUM_FAMILY}\
              rules:\n  - name: far\n    family: chromium\n    when:\n      orphaned_for: 365d\n\
              \x20     age: 365d\n    action: kill-tree\n    grace: 10m\n\
-             leak:\n  window: 7d\n  min_samples: 240\n{}",
+             leak:\n  window: 7d\n  min_samples: 120\n{}",
             stale_roots(ns.dir.path()).replace("older_than: 1h", "older_than: 365d")
         ),
     );
