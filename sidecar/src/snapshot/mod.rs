@@ -29,6 +29,20 @@ const CMDLINE_DISPLAY_MAX: usize = 4096;
 const CMDLINE_DEADLINE: Duration = Duration::from_millis(500);
 /// At most this many reader threads may be stuck in such reads at once.
 const MAX_STUCK_READERS: usize = 4;
+/// A process whose cmdline read blocked is read again after this long, then after twice as
+/// long each time it blocks again, up to [`BLOCKED_RETRY_MAX`]: a read that was only slow (a
+/// host under heavy load, or every reader slot taken by a hung mount for a while) must not
+/// exempt a leaking browser from its policy for the rest of its life.
+const BLOCKED_RETRY_FIRST: Duration = Duration::from_secs(10);
+const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// An identity whose cmdline read blocked: when to read it again.
+#[derive(Debug, Clone, Copy)]
+struct BlockedRead {
+    seen: u64,
+    retry_at: Instant,
+    backoff: Duration,
+}
 
 /// What never changes while a process runs one program: who it is in the policy's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,9 +235,10 @@ pub struct Scanner {
     buf: Vec<u8>,
     /// cmdline reads, with a deadline.
     guarded: Guarded,
-    /// Identities whose cmdline read blocked: not read again (they are skipped as `blocked`
-    /// while they live).
-    blocked: HashMap<(i32, u64), u64>,
+    /// Identities whose cmdline read blocked: skipped as `blocked` until their retry is due.
+    blocked: HashMap<(i32, u64), BlockedRead>,
+    /// The first retry's delay ([`BLOCKED_RETRY_FIRST`]; tests shorten it).
+    blocked_retry: Duration,
     /// Set per scan: processes kept without an FD count.
     fds_unreadable: u64,
     /// Read cgroup paths of family members and derive pod UIDs (DaemonSet mode).
@@ -244,6 +259,7 @@ impl Scanner {
             buf: Vec::with_capacity(1024),
             guarded: Guarded::new(CMDLINE_DEADLINE, MAX_STUCK_READERS),
             blocked: HashMap::new(),
+            blocked_retry: BLOCKED_RETRY_FIRST,
             fds_unreadable: 0,
             pod_attribution: false,
         }
@@ -291,7 +307,7 @@ impl Scanner {
         let scan_no = self.scan_no;
         self.cache.retain(|_, c| c.seen == scan_no);
         self.limits.retain(|_, l| l.2 == scan_no);
-        self.blocked.retain(|_, seen| *seen == scan_no);
+        self.blocked.retain(|_, b| b.seen == scan_no);
         skipped.fds_unreadable = self.fds_unreadable;
         let children = indices(&mut procs);
         let init_comm = procs.iter().find(|p| p.pid == 1).map(|p| p.comm.clone());
@@ -338,9 +354,12 @@ impl Scanner {
         let age = Duration::from_secs_f64(age_s);
         let key = (pid, st.start_ticks);
         let scan_no = self.scan_no;
-        if let Some(seen) = self.blocked.get_mut(&key) {
-            *seen = scan_no;
-            return Err(ReadError::Blocked);
+        if let Some(b) = self.blocked.get_mut(&key) {
+            b.seen = scan_no;
+            if Instant::now() < b.retry_at {
+                return Err(ReadError::Blocked);
+            }
+            // Due: read it again below.
         }
         // A zombie keeps pid, start time and comm but is no longer a member of anything: it
         // holds no memory, cannot be signalled, and only its parent can make it go.
@@ -361,10 +380,26 @@ impl Scanner {
                     None
                 } else {
                     let info = match self.classify(pid, &st.comm, uid, policy, read_all) {
-                        Ok(info) => info,
+                        Ok(info) => {
+                            if self.blocked.remove(&key).is_some() {
+                                tracing::info!(pid, comm = ?st.comm, "its command line answered again; judging it");
+                            }
+                            info
+                        }
                         Err(ReadError::Blocked) => {
-                            tracing::warn!(pid, comm = ?st.comm, "reading its command line blocked; skipping this process while it lives");
-                            self.blocked.insert(key, scan_no);
+                            let backoff = match self.blocked.get(&key) {
+                                Some(b) => (b.backoff * 2).min(BLOCKED_RETRY_MAX),
+                                None => self.blocked_retry,
+                            };
+                            tracing::warn!(pid, comm = ?st.comm, retry_in = ?backoff, "reading its command line blocked; skipping this process until the retry");
+                            self.blocked.insert(
+                                key,
+                                BlockedRead {
+                                    seen: scan_no,
+                                    retry_at: Instant::now() + backoff,
+                                    backoff,
+                                },
+                            );
                             return Err(ReadError::Blocked);
                         }
                         Err(e) => return Err(e),

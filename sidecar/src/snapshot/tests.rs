@@ -76,3 +76,25 @@ fn a_process_whose_cmdline_read_blocks_is_skipped_and_counted_and_the_scan_goes_
         .write(true)
         .open(d.path().join("20/cmdline"));
 }
+
+/// A read that blocked once is tried again when its retry is due: a process whose cmdline was
+/// only slow (a loaded host, every reader slot briefly taken) is judged by the policy again
+/// instead of being skipped — never killed, never reported — for the rest of its life.
+#[test]
+fn a_process_whose_cmdline_blocked_once_is_judged_again_when_its_retry_is_due() {
+    let d = blocking_fixture();
+    let mut s = Scanner::new(ProcFs::new(d.path()));
+    s.blocked_retry = Duration::ZERO;
+    let snap = s.scan(&policy::builtin()).expect("scan");
+    assert_eq!(snap.skipped.blocked, 1);
+    assert!(snap.get(20).is_none());
+    // The read answers now: release the stuck reader, and give the process a real cmdline.
+    let fifo = d.path().join("20/cmdline");
+    let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    std::fs::remove_file(&fifo).expect("rm fifo");
+    std::fs::write(&fifo, "chromium\0--type=renderer\0").expect("write");
+    let snap = s.scan(&policy::builtin()).expect("scan");
+    assert_eq!(snap.skipped.blocked, 0, "{:?}", snap.skipped);
+    let p = snap.get(20).expect("judged again");
+    assert_eq!(p.family(), Some("chromium"));
+}
