@@ -295,6 +295,8 @@ def runner(cfg):
          [(f"sum by (reason) (rate(leakwarden_runner_admission_rejections_total{{{S}}}[$__rate_interval]))", "{{reason}}")], "ops", w=8)
     d.ts("Faults injected", "Faults the runner injected on purpose (--fault), per second.",
          [(f"sum by (fault) (rate(leakwarden_runner_faults_injected_total{{{S}}}[$__rate_interval]))", "{{fault}}")], "ops", w=8)
+    d.ts("Collateral restarts", "Session attempts run again on another browser without spending a retry, because their browser was lost to a cause not their own (leakwarden_runner_session_collateral_restarts_total: neighbour_fault = another session's injected fault, browser_died), per second.",
+         [(f"sum by (cause) (rate(leakwarden_runner_session_collateral_restarts_total{{{S}}}[$__rate_interval]))", "{{cause}}")], "ops", w=8)
 
     d.row("Service (leakwarden-runner serve)")
     d.stat("Saturation", "Sessions running ÷ --max-sessions (leakwarden_runner_active_sessions / leakwarden_runner_sessions_max): at 1 new clients queue, then get 429.",

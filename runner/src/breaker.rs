@@ -1,9 +1,13 @@
-//! Circuit breaker for browser launches.
+//! Circuit breaker, for browser launches and for each target of a job.
 //!
-//! `threshold` consecutive launch failures open the circuit: no launch is attempted until the
-//! backoff has passed, then one trial launch is allowed (half-open). Its success closes the
-//! circuit; its failure opens it again with the backoff doubled (up to `max_backoff`). Time is
-//! passed in, so the state machine is a pure function of events and the clock.
+//! `threshold` consecutive failures open the circuit: nothing is attempted until the backoff has
+//! passed, then one trial is allowed (half-open). Its success closes the circuit; its failure
+//! opens it again with the backoff doubled (up to `max_backoff`). Time is passed in, so the
+//! state machine is a pure function of events and the clock.
+//!
+//! A trial handed out must end in [`Breaker::success`], [`Breaker::trial_failed`] or
+//! [`Breaker::release_trial`]: a trial that is never reported keeps every later caller waiting.
+//! The pool wraps it in a guard that reports a failure when dropped (`pool::TargetPermit`).
 
 use std::time::{Duration, Instant};
 
@@ -65,6 +69,11 @@ impl Breaker {
         }
     }
 
+    /// A half-open trial has been handed out and not reported yet.
+    pub fn trial_in_flight(&self) -> bool {
+        self.trial_in_flight
+    }
+
     pub fn permit(&mut self, now: Instant) -> Permit {
         match self.open_until {
             None => Permit::Go { trial: false },
@@ -81,6 +90,31 @@ impl Breaker {
         self.consecutive_failures = 0;
         self.backoff = self.base_backoff;
         self.open_until = None;
+        self.trial_in_flight = false;
+    }
+
+    /// The failure of an attempt let through by a permit: `trial` says whether it was the
+    /// half-open trial. A failure of an attempt that started before the circuit opened counts,
+    /// but does not decide a trial that is still running.
+    pub fn failure_of(&mut self, trial: bool, now: Instant) {
+        if trial && self.open_until.is_some() {
+            self.trial_failed(now);
+        } else if !trial && self.trial_in_flight {
+            self.consecutive_failures += 1;
+        } else {
+            self.failure(now);
+        }
+    }
+
+    /// The half-open trial failed: open again, for longer.
+    pub fn trial_failed(&mut self, now: Instant) {
+        self.trial_in_flight = true;
+        self.failure(now);
+    }
+
+    /// The trial ended without saying anything about what the breaker guards (an injected
+    /// fault, a shutdown, a browser lost to a neighbour): the next caller gets the trial.
+    pub fn release_trial(&mut self) {
         self.trial_in_flight = false;
     }
 
@@ -158,6 +192,37 @@ mod tests {
         br.failure(t4);
         // Capped at max_backoff.
         assert_eq!(br.permit(t4), Permit::Wait(Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn a_released_trial_goes_to_the_next_caller() {
+        let t0 = Instant::now();
+        let mut br = b();
+        for _ in 0..3 {
+            br.failure(t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(br.permit(t1), Permit::Go { trial: true });
+        br.release_trial();
+        assert_eq!(br.state(t1), State::HalfOpen);
+        assert_eq!(br.permit(t1), Permit::Go { trial: true });
+    }
+
+    #[test]
+    fn a_late_failure_from_before_the_opening_does_not_decide_the_trial() {
+        let t0 = Instant::now();
+        let mut br = b();
+        for _ in 0..3 {
+            br.failure(t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(br.permit(t1), Permit::Go { trial: true });
+        br.failure_of(false, t1);
+        // Still half-open, the trial still running: nobody else gets one.
+        assert_eq!(br.state(t1), State::HalfOpen);
+        assert!(matches!(br.permit(t1), Permit::Wait(_)));
+        br.failure_of(true, t1);
+        assert_eq!(br.permit(t1), Permit::Wait(Duration::from_secs(2)));
     }
 
     #[test]

@@ -44,6 +44,28 @@ impl Outcome {
     }
 }
 
+/// Why a session attempt was run again without spending a retry: the browser under it was lost
+/// to something that was not the session's doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Collateral {
+    /// Another session's injected fault (`kill-browser`) killed the shared browser.
+    NeighbourFault,
+    /// The browser process died, and not by a fault this attempt injected.
+    BrowserDied,
+}
+
+impl Collateral {
+    pub const ALL: [Collateral; 2] = [Collateral::NeighbourFault, Collateral::BrowserDied];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Collateral::NeighbourFault => "neighbour_fault",
+            Collateral::BrowserDied => "browser_died",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -53,6 +75,7 @@ pub struct Metrics {
     pub browsers_launched: IntCounter,
     pub admission_rejections_memory: IntCounter,
     faults: [IntCounter; 5],
+    collateral: [IntCounter; 2],
     pub stale_run_dirs_removed: IntCounter,
     pub active_browsers: IntGauge,
     pub active_sessions: IntGauge,
@@ -97,6 +120,16 @@ impl Metrics {
         )?;
         registry.register(Box::new(faults_vec.clone()))?;
         let faults = Fault::ALL.map(|f| faults_vec.with_label_values(&[f.as_str()]));
+
+        let collateral_vec = IntCounterVec::new(
+            Opts::new(
+                "leakwarden_runner_session_collateral_restarts_total",
+                "Session attempts run again without spending a retry because their browser was lost to a cause not their own, by cause (neighbour_fault, browser_died).",
+            ),
+            &["cause"],
+        )?;
+        registry.register(Box::new(collateral_vec.clone()))?;
+        let collateral = Collateral::ALL.map(|c| collateral_vec.with_label_values(&[c.as_str()]));
 
         let admission = IntCounterVec::new(
             Opts::new(
@@ -167,6 +200,7 @@ impl Metrics {
             )?,
             admission_rejections_memory: admission.with_label_values(&["memory"]),
             faults,
+            collateral,
             stale_run_dirs_removed: counter(
                 "leakwarden_runner_stale_run_dirs_removed_total",
                 "Directories of dead runs removed at start.",
@@ -224,6 +258,10 @@ impl Metrics {
         &self.faults[f as usize]
     }
 
+    pub fn collateral(&self, c: Collateral) -> &IntCounter {
+        &self.collateral[c as usize]
+    }
+
     /// Text exposition format; refreshes the gauges that are sampled, not pushed.
     pub fn render(&self) -> String {
         if let Ok(h) = tokio::runtime::Handle::try_current() {
@@ -257,6 +295,8 @@ mod tests {
             "leakwarden_runner_launch_failures_total 0",
             "leakwarden_runner_admission_rejections_total{reason=\"memory\"} 1",
             "leakwarden_runner_faults_injected_total{fault=\"crash\"} 1",
+            "leakwarden_runner_session_collateral_restarts_total{cause=\"neighbour_fault\"} 0",
+            "leakwarden_runner_session_collateral_restarts_total{cause=\"browser_died\"} 0",
             "leakwarden_runner_active_browsers 0",
             "leakwarden_runner_active_sessions 0",
             "leakwarden_runner_queue_depth 0",

@@ -17,13 +17,33 @@ use crate::pool::PoolStats;
 pub struct SessionRecord {
     pub index: u64,
     pub outcome: Outcome,
+    /// Attempts charged to the session: the first and each retry it spent.
     pub attempts: u32,
+    /// Attempts run again because their browser was lost to a cause not the session's own
+    /// (another session's fault, a browser that died): no retry spent. Bounded.
+    pub collateral_restarts: u32,
     pub duration_ms: u64,
     pub faults: Vec<Fault>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// What each `evaluate` step returned, in the attempt that decided the outcome.
     pub values: Vec<crate::session::StepValue>,
+    /// Every run of the session in order: attempts and collateral restarts.
+    pub runs: Vec<RunRecord>,
+}
+
+/// One run of a session.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunRecord {
+    /// `b<N>`: a browser of the pool; `detached`: the `abandon` fault's own browser. Absent
+    /// when the run got no browser.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why the run was lost to a cause not the session's own (then it cost no retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collateral: Option<crate::metrics::Collateral>,
 }
 
 /// Shared, append-only record of finished sessions.
@@ -69,6 +89,8 @@ pub struct Summary {
     pub sessions: BTreeMap<&'static str, u64>,
     pub not_started: u64,
     pub attempts: u64,
+    /// Sum of the sessions' `collateral_restarts`.
+    pub collateral_restarts: u64,
     pub concurrency: usize,
     pub wall_seconds: f64,
     pub sessions_per_minute: f64,
@@ -134,6 +156,10 @@ pub fn build(
         sessions_planned: planned,
         not_started: planned.saturating_sub(records.len() as u64),
         attempts: records.iter().map(|r| u64::from(r.attempts)).sum(),
+        collateral_restarts: records
+            .iter()
+            .map(|r| u64::from(r.collateral_restarts))
+            .sum(),
         sessions,
         concurrency,
         wall_seconds: secs,
@@ -189,6 +215,10 @@ impl Summary {
             ("sessions timed out".into(), s["timeout"].to_string()),
             ("sessions cancelled".into(), s["cancelled"].to_string()),
             ("sessions not started".into(), self.not_started.to_string()),
+            (
+                "collateral restarts (no retry spent)".into(),
+                self.collateral_restarts.to_string(),
+            ),
             (
                 "duration p50 / p95 / max".into(),
                 format!(
@@ -303,10 +333,12 @@ mod tests {
             index: i,
             outcome: o,
             attempts: 1,
+            collateral_restarts: u32::from(i == 1),
             duration_ms: ms,
             faults: vec![],
             error: None,
             values: vec![],
+            runs: vec![],
         };
         let s = build(
             "j",
@@ -336,6 +368,7 @@ mod tests {
         assert_eq!(s.sessions_per_minute, 2.0);
         assert_eq!(s.durations.p50_ms, 100);
         assert_eq!(s.cleanup.leaks, 1);
+        assert_eq!(s.collateral_restarts, 1);
         assert_eq!(s.records[0].index, 0);
         assert!(s.table().contains("sessions failed"));
     }

@@ -17,6 +17,11 @@
 #
 # Output: target/bench/soak.tsv (samples), soak-summary.json (the runner's), soak.md (figures,
 # least-squares slopes), and docs/img/soak.png (gnuplot) unless LW_SOAK_PLOT=0.
+#
+# Exit 0 only when every session succeeded (or was cancelled by the stop at LW_SOAK_MAX_MIN), the
+# runner exited 0, its cleanup found no leak and no browser process was left; otherwise exit 1,
+# logging each reason — for a session that did not succeed, every run of it: its browser, its
+# error, and whether it was lost to a cause not its own.
 set -euo pipefail
 # shellcheck source=tests/bench/lib.sh
 . "$(dirname "$(readlink -f "$0")")/lib.sh"
@@ -185,6 +190,7 @@ S=$BENCH_OUT/soak-summary.json
         jq -r '"| sessions planned / by outcome | \(.sessions_planned) / \(.sessions | to_entries | map("\(.key) \(.value)") | join(", ")) |",
                "| not started (stopped early) | \(.not_started)\(if .interrupted then " (interrupted)" else "" end) |",
                "| faults injected | \(.faults_injected | to_entries | map("\(.key) \(.value)") | join(", ")) (\(.faults_injected | add // 0) in total) |",
+               "| attempts / collateral restarts (browser lost to another session'"'"'s fault or a crash; no retry spent) | \(.attempts) / \(.collateral_restarts // 0) |",
                "| wall time | \(.wall_seconds | floor) s |",
                "| sessions per minute | \(.sessions_per_minute * 10 | round / 10) |",
                "| browsers launched | \(.browsers_launched) (launch failures \(.launch_failures)) |",
@@ -202,5 +208,34 @@ S=$BENCH_OUT/soak-summary.json
     echo "| sidecar FDs slope | $(slope 5 0) / $(slope 5 "$warm") |"
     echo "| sidecar peak VmHWM | $(vm_kib "$lw" VmHWM) KiB |"
     echo
-    [[ -n $left ]] && { echo "Left:"; echo; echo '```'; echo "$left"; echo '```'; echo; }
+    if [[ -n $left ]]; then
+        echo "Left:"; echo; echo '```'; echo "$left"; echo '```'; echo
+    fi
 } | tee "$BENCH_OUT/soak.md"
+
+# The verdict, with its reasons: which sessions did not succeed and why (each run: its browser,
+# its error, and whether it was lost to a cause not its own), leaks, browsers left.
+reasons=()
+((rc == 0)) || reasons+=("the runner exited with $rc (0 ok, 2 a session failed, 3 cleanup found a leak)")
+if [[ -s $S ]]; then
+    not_ok='.records[] | select(.outcome != "ok" and .outcome != "retried" and .outcome != "cancelled")'
+    bad=$(jq "[$not_ok] | length" "$S")
+    if ((bad > 0)); then
+        reasons+=("$bad session(s) did not succeed (listed above)")
+        jq -r "$not_ok"' |
+            "session \(.index): \(.outcome) after \(.attempts) attempt(s) and \(.collateral_restarts // 0) collateral restart(s), faults [\(.faults | join(", "))]: \(.error // "no error")",
+            (.runs // [] | to_entries[] |
+             "  run \(.key + 1) on \(.value.browser // "no browser"): \(.value.error // "ok")\(if .value.collateral then " — collateral: \(.value.collateral)" else "" end)")' "$S" |
+            while IFS= read -r line; do log "soak: $line"; done
+    fi
+    leaks=$(jq '.cleanup.leaks' "$S")
+    ((leaks == 0)) || reasons+=("the runner's cleanup found $leaks leak(s)")
+else
+    reasons+=("the runner wrote no summary")
+fi
+((nleft == 0)) || reasons+=("$nleft browser process(es) left in the namespace $((SECONDS - t_exit)) s after the runner exited")
+if ((${#reasons[@]} > 0)); then
+    for r in "${reasons[@]}"; do log "soak FAILED: $r"; done
+    exit 1
+fi
+log "soak passed: every session succeeded (or was cancelled by the stop), nothing leaked, nothing left"

@@ -152,6 +152,9 @@ pub struct Browser {
     context_proxy: Option<(String, Option<String>)>,
 }
 
+/// How long a warm-up that came too late may take to dispose of its context.
+const WARM_DISPOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 type Warm = tokio::task::JoinHandle<anyhow::Result<(BrowserContextId, Page)>>;
 
 /// What closing found.
@@ -311,13 +314,26 @@ impl Browser {
         }
         let b = self.clone();
         *w = Some(self.tasks.spawn(async move {
-            tokio::time::timeout(limit, async {
-                let ctx = b.new_context().await?;
-                let page = b.new_page(&ctx).await?;
-                Ok((ctx, page))
-            })
-            .await
-            .map_err(|_| anyhow!("warm-up timed out after {limit:?}"))?
+            let started = Instant::now();
+            // Not under the timeout: a reply dropped by a timeout would leave a context (and
+            // its renderer) nobody knows of. chromiumoxide's request timeout bounds the call.
+            let ctx = b.new_context().await?;
+            let left = limit.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, b.new_page(&ctx)).await {
+                Ok(Ok(page)) => Ok((ctx, page)),
+                late => {
+                    // Too late, or no page: the context must not outlive this task.
+                    let _ = tokio::time::timeout(
+                        WARM_DISPOSE_TIMEOUT,
+                        b.cdp.dispose_browser_context(ctx),
+                    )
+                    .await;
+                    Err(match late {
+                        Ok(Err(e)) => e,
+                        _ => anyhow!("warm-up timed out after {limit:?}"),
+                    })
+                }
+            }
         }));
     }
 

@@ -9,11 +9,19 @@
 //!
 //! Bounds: a semaphore of `browsers + 1` permits bounds live browsers (the `+ 1` is the
 //! launch-ahead); a launch waits for memory admission (`admission.rs`) and for the circuit
-//! breaker (`breaker.rs`). Launches and closes run as tasks owned by the pool's tracker, so a
-//! session cancelled while waiting never leaves a half-launched browser behind.
+//! breaker (`breaker.rs`), a session for its target's breaker and for memory for its renderer.
+//! Launches and closes run as tasks owned by the pool's tracker, so a session cancelled while
+//! waiting never leaves a half-launched browser behind.
+//!
+//! What a session holds is RAII: a [`Lease`] gives its browser back when dropped, whatever way
+//! the session ended, and a [`TargetPermit`] that was the half-open trial reports a failure when
+//! dropped without an outcome — so neither a panic nor a dropped future can keep a browser busy
+//! or a breaker jammed. Once the drain starts (SIGTERM) no browser is launched; every wait in
+//! [`Pool::shutdown`] has a deadline.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -27,6 +35,12 @@ use crate::launcher::Mode;
 use crate::metrics::Metrics;
 
 pub mod warm;
+
+/// How often the memory of every browser's process tree (and the headroom) is measured.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// Beyond the launch and close timeouts, what shutdown allows for reaping, verification and
+/// directory removal before it stops waiting (and says so).
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -47,6 +61,11 @@ struct Slot {
     active: usize,
     started: u64,
     retiring: bool,
+    /// RSS of the browser's process group at the last sample (0 before the first).
+    rss: u64,
+    /// The session whose injected `kill-browser` fault killed this browser: for the others on
+    /// it, the loss is collateral.
+    killed_by: Option<u64>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -63,9 +82,12 @@ struct State {
     slots: Vec<Slot>,
     launching: usize,
     breaker: Breaker,
-    /// Opens when sessions keep failing (a failing target): new sessions wait, a half-open trial
-    /// session tests the target, a success closes it.
-    target: Breaker,
+    /// One per target of the job (by its index in `targets`), opening when sessions on that
+    /// target keep failing: new sessions for it wait, a half-open trial session tests it, a
+    /// success closes it. Sessions for other targets go on.
+    targets: HashMap<usize, Breaker>,
+    /// Memory headroom at the last measurement (`None`: unreadable, everything is admitted).
+    headroom: Option<u64>,
     closed: bool,
     next_id: u64,
 }
@@ -90,26 +112,110 @@ pub struct Pool {
     state: Mutex<State>,
     changed: Notify,
     live: Arc<Semaphore>,
-    /// Pool-owned launch and close tasks.
+    /// Pool-owned launch, close and sampling tasks.
     tasks: TaskTracker,
     /// Cancels launch waits (breaker backoff, admission) at shutdown.
     stop: CancellationToken,
+    /// Cancelled when the drain starts: no browser is launched after it, and a session that
+    /// would have to wait for one gets none.
+    drain: CancellationToken,
     /// Sessions not started yet: launch-ahead only when there is work left.
     pub demand: AtomicU64,
     stats: Mutex<PoolStats>,
-    /// Memory available when the run started: at most this / `memory_reserve` browsers live.
-    mem_budget: Option<u64>,
 }
 
-/// A browser lent to one session.
+/// How a session ended, as its target's circuit breaker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The session succeeded: the target works.
+    Ok,
+    /// The session failed on its own: counts against the target.
+    Failed,
+    /// The session ended in a way that says nothing about the target: an injected fault, a
+    /// shutdown, a browser lost to a neighbour.
+    NotTheTarget,
+}
+
+/// Leave from a target's circuit breaker to run one session on it. [`TargetPermit::report`]
+/// says how the session went; a half-open trial dropped without a report counts as a failure,
+/// so it can never stay "in flight" and keep every later session waiting.
+pub struct TargetPermit {
+    pool: Arc<Pool>,
+    target: usize,
+    trial: bool,
+    reported: bool,
+}
+
+impl TargetPermit {
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+
+    pub fn report(mut self, verdict: Verdict) {
+        self.reported = true;
+        self.pool.target_report(self.target, self.trial, verdict);
+    }
+}
+
+impl Drop for TargetPermit {
+    fn drop(&mut self) {
+        if !self.reported && self.trial {
+            tracing::warn!(
+                target_index = self.target,
+                "a target's half-open trial session ended without an outcome; counted as a failure"
+            );
+            self.pool.target_report(self.target, true, Verdict::Failed);
+        }
+    }
+}
+
+/// A browser lent to one session. [`Lease::finish`] gives it back with the session's outcome;
+/// a lease dropped without that (a panic, a dropped future) gives it back too, as unhealthy, and
+/// its target permit reports as described at [`TargetPermit`].
 pub struct Lease {
+    pool: Arc<Pool>,
     pub browser: Arc<Browser>,
+    permit: Option<TargetPermit>,
+    returned: bool,
+}
+
+impl Lease {
+    /// Give the browser back. `healthy: false` retires it (closed once its other sessions end).
+    pub fn finish(mut self, healthy: bool, verdict: Verdict) {
+        self.returned = true;
+        self.pool.give_back(&self.browser, healthy);
+        if let Some(p) = self.permit.take() {
+            p.report(verdict);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.returned {
+            tracing::warn!(
+                browser = self.browser.id,
+                "a lease was dropped without being given back; retiring its browser"
+            );
+            self.pool.give_back(&self.browser, false);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
     #[error("the pool is shutting down")]
     Closed,
+    #[error("draining: no new browser is started")]
+    Draining,
+}
+
+/// What one look at the pool found for a waiting session.
+enum Pick {
+    Got(Arc<Browser>),
+    Wait,
+    Closed,
+    Draining,
 }
 
 impl Pool {
@@ -119,11 +225,11 @@ impl Pool {
         env: Env,
         run_dir: std::path::PathBuf,
         metrics: Arc<Metrics>,
+        drain: CancellationToken,
     ) -> Arc<Self> {
         let breaker = Breaker::new(cfg.breaker_threshold, cfg.breaker_base, cfg.breaker_max);
-        let target = Breaker::new(cfg.breaker_threshold, cfg.breaker_base, cfg.breaker_max);
-        let mem_budget = admission::headroom(&env.procfs);
-        Arc::new(Self {
+        let headroom = admission::headroom(&env.procfs);
+        let pool = Arc::new(Self {
             live: Arc::new(Semaphore::new(cfg.browsers + 1)),
             cfg,
             spec,
@@ -134,37 +240,54 @@ impl Pool {
                 slots: Vec::new(),
                 launching: 0,
                 breaker,
-                target,
+                targets: HashMap::new(),
+                headroom,
                 closed: false,
                 next_id: 1,
             }),
             changed: Notify::new(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            drain,
             demand: AtomicU64::new(0),
             stats: Mutex::new(PoolStats::default()),
-            mem_budget,
-        })
+        });
+        pool.tasks
+            .spawn(sample_memory(Arc::downgrade(&pool), pool.stop.clone()));
+        pool
     }
 
-    /// Report how a session ended, for the target circuit breaker.
-    pub fn session_outcome(&self, ok: bool) {
+    fn new_breaker(&self) -> Breaker {
+        Breaker::new(
+            self.cfg.breaker_threshold,
+            self.cfg.breaker_base,
+            self.cfg.breaker_max,
+        )
+    }
+
+    fn target_report(&self, target: usize, trial: bool, verdict: Verdict) {
         let mut st = self.lock();
-        if ok {
-            st.target.success();
-        } else {
-            st.target.failure(Instant::now());
+        let now = Instant::now();
+        if let Some(br) = st.targets.get_mut(&target) {
+            match verdict {
+                Verdict::Ok => br.success(),
+                Verdict::Failed => br.failure_of(trial, now),
+                Verdict::NotTheTarget if trial => br.release_trial(),
+                Verdict::NotTheTarget => {}
+            }
         }
         self.set_circuit_gauge(&st);
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     fn set_circuit_gauge(&self, st: &State) {
         let now = Instant::now();
         let g = st
-            .breaker
-            .state(now)
-            .gauge()
-            .max(st.target.state(now).gauge());
+            .targets
+            .values()
+            .map(|b| b.state(now).gauge())
+            .fold(st.breaker.state(now).gauge(), i64::max);
         self.metrics.circuit_state.set(g);
     }
 
@@ -184,78 +307,197 @@ impl Pool {
         &self.env
     }
 
-    /// A browser with a free context slot; launches one if needed. Cancel-safe: dropping the
-    /// future while it waits leaves nothing behind.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
-        // The target circuit: while open, sessions wait; half-open lets one trial through.
+    /// Record that session `session`'s injected fault is about to kill `browser` (before the
+    /// signal: its neighbours judge their loss as soon as the browser is dead).
+    pub fn note_fault_kill(&self, browser: &Browser, session: u64) {
+        let mut st = self.lock();
+        if let Some(s) = st.slots.iter_mut().find(|s| s.browser.id == browser.id) {
+            s.killed_by = Some(session);
+        }
+    }
+
+    /// The session whose injected fault killed `browser`, if one did.
+    pub fn fault_killer(&self, browser: &Browser) -> Option<u64> {
+        self.lock()
+            .slots
+            .iter()
+            .find(|s| s.browser.id == browser.id)
+            .and_then(|s| s.killed_by)
+    }
+
+    /// Leave from `target`'s circuit breaker: at once while it is closed, after its backoff
+    /// while it is open, and as the single trial while it is half-open.
+    pub async fn target_permit(
+        self: &Arc<Self>,
+        target: usize,
+    ) -> Result<TargetPermit, AcquireError> {
         loop {
             let permit = {
                 let mut st = self.lock();
                 if st.closed {
                     return Err(AcquireError::Closed);
                 }
-                let p = st.target.permit(Instant::now());
+                if self.drain.is_cancelled() {
+                    return Err(AcquireError::Draining);
+                }
+                let fresh = self.new_breaker();
+                let p = st
+                    .targets
+                    .entry(target)
+                    .or_insert(fresh)
+                    .permit(Instant::now());
                 self.set_circuit_gauge(&st);
                 p
             };
             match permit {
-                Permit::Go { .. } => break,
+                Permit::Go { trial } => {
+                    return Ok(TargetPermit {
+                        pool: self.clone(),
+                        target,
+                        trial,
+                        reported: false,
+                    })
+                }
                 Permit::Wait(d) => {
                     tokio::select! {
                         _ = self.stop.cancelled() => return Err(AcquireError::Closed),
+                        _ = self.drain.cancelled() => return Err(AcquireError::Draining),
                         _ = tokio::time::sleep(d) => {}
                     }
                 }
             }
         }
+    }
+
+    /// A browser with a free context slot for a session on `target`; launches one if needed.
+    /// Cancel-safe: dropping the future while it waits leaves nothing behind (a trial permit it
+    /// held reports a failure).
+    pub async fn acquire(self: &Arc<Self>, target: usize) -> Result<Lease, AcquireError> {
+        let permit = self.target_permit(target).await?;
+        let mut rejected = false;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let pick = {
                 let mut st = self.lock();
-                if st.closed {
+                self.pick(&mut st, &mut rejected)
+            };
+            match pick {
+                Pick::Got(browser) => {
+                    return Ok(Lease {
+                        pool: self.clone(),
+                        browser,
+                        permit: Some(permit),
+                        returned: false,
+                    })
+                }
+                Pick::Closed => {
+                    permit.report(Verdict::NotTheTarget);
                     return Err(AcquireError::Closed);
                 }
-                self.retire_unusable(&mut st);
-                let now = Instant::now();
-                let cpb = self.cfg.contexts_per_browser;
-                // The least busy usable browser: spreads sessions when there are several.
-                let pick = st
-                    .slots
-                    .iter_mut()
-                    .filter(|s| s.usable(&self.cfg, now) && s.active < cpb)
-                    .min_by_key(|s| s.active);
-                if let Some(slot) = pick {
-                    slot.active += 1;
-                    slot.started += 1;
-                    if slot.started >= self.cfg.recycle_after {
-                        slot.retiring = true;
-                    }
-                    let browser = slot.browser.clone();
-                    self.maybe_launch(&mut st);
-                    return Ok(Lease { browser });
+                Pick::Draining => {
+                    permit.report(Verdict::NotTheTarget);
+                    return Err(AcquireError::Draining);
                 }
-                self.maybe_launch(&mut st);
+                Pick::Wait => {}
             }
-            notified.await;
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = self.drain.cancelled(), if !self.drain.is_cancelled() => {}
+                _ = self.stop.cancelled() => {}
+                // Memory admission: the headroom changes without telling anyone.
+                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+            }
         }
     }
 
+    fn pick(self: &Arc<Self>, st: &mut State, rejected: &mut bool) -> Pick {
+        if st.closed {
+            return Pick::Closed;
+        }
+        self.retire_unusable(st);
+        let now = Instant::now();
+        let cpb = self.cfg.contexts_per_browser;
+        // The least busy usable browser: spreads sessions when there are several.
+        let best = st
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.usable(&self.cfg, now) && s.active < cpb)
+            .min_by_key(|(_, s)| s.active)
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            if self.session_fits(st, i) {
+                let slot = &mut st.slots[i];
+                slot.active += 1;
+                slot.started += 1;
+                if slot.started >= self.cfg.recycle_after {
+                    slot.retiring = true;
+                }
+                let browser = slot.browser.clone();
+                self.maybe_launch(st);
+                return Pick::Got(browser);
+            }
+            if !*rejected {
+                *rejected = true;
+                self.metrics.admission_rejections_memory.inc();
+                tracing::debug!(
+                    headroom_mib = st.headroom.unwrap_or(0) >> 20,
+                    "not enough memory for another session's renderer; waiting"
+                );
+            }
+        }
+        // Draining: a session that would need a browser nobody is launching gets none.
+        if self.drain.is_cancelled()
+            && st.launching == 0
+            && !st.slots.iter().any(|s| s.usable(&self.cfg, now))
+        {
+            return Pick::Draining;
+        }
+        self.maybe_launch(st);
+        Pick::Wait
+    }
+
+    /// Memory admission for one more session on slot `i` (see `admission.rs`).
+    fn session_fits(&self, st: &State, i: usize) -> bool {
+        let Some(headroom) = st.headroom else {
+            return true;
+        };
+        // The first session always may start: a runner that can run none is useless.
+        if st.slots.iter().all(|s| s.active == 0) {
+            return true;
+        }
+        let reserve = self.cfg.memory_reserve;
+        let s = &st.slots[i];
+        let before = admission::promised(reserve, s.active).saturating_sub(s.rss);
+        let after = admission::promised(reserve, s.active + 1).saturating_sub(s.rss);
+        admission::fits(headroom, self.unmaterialized(st), after - before)
+    }
+
+    /// Memory promised to every browser (launching ones included) and not yet in use.
+    fn unmaterialized(&self, st: &State) -> u64 {
+        let reserve = self.cfg.memory_reserve;
+        admission::unmaterialized(
+            st.slots
+                .iter()
+                .map(|s| (admission::promised(reserve, s.active), s.rss)),
+        ) + st.launching as u64 * reserve
+    }
+
     /// Give a browser back. `healthy: false` retires it (closed once its other sessions end).
-    pub fn release(self: &Arc<Self>, lease: Lease, healthy: bool) {
+    fn give_back(self: &Arc<Self>, browser: &Arc<Browser>, healthy: bool) {
         let mut st = self.lock();
         if let Some(slot) = st
             .slots
             .iter_mut()
-            .find(|s| Arc::ptr_eq(&s.browser, &lease.browser))
+            .find(|s| Arc::ptr_eq(&s.browser, browser))
         {
             slot.active = slot.active.saturating_sub(1);
             if !healthy {
                 slot.retiring = true;
             }
         }
-        drop(lease);
         self.retire_unusable(&mut st);
         self.maybe_launch(&mut st);
         drop(st);
@@ -283,9 +525,10 @@ impl Pool {
 
     /// Launch when the usable browsers (plus those launching) are fewer than wanted. A browser
     /// with no more than one round of sessions left does not count, which launches its
-    /// replacement ahead of time — only while sessions remain to be started.
+    /// replacement ahead of time — only while sessions remain to be started. Never once the
+    /// drain has started.
     fn maybe_launch(self: &Arc<Self>, st: &mut State) {
-        if st.closed {
+        if st.closed || self.drain.is_cancelled() {
             return;
         }
         let now = Instant::now();
@@ -330,25 +573,23 @@ impl Pool {
         let mut st = self.lock();
         st.launching -= 1;
         match result {
-            Some(browser) if !st.closed => {
-                st.slots.push(Slot {
-                    browser: Arc::new(browser),
-                    active: 0,
-                    started: 0,
-                    retiring: false,
-                    _permit: permit,
-                });
-            }
             Some(browser) => {
                 // Shut down while launching: close it right away.
+                let retiring = st.closed;
                 let slot = Slot {
                     browser: Arc::new(browser),
                     active: 0,
                     started: 0,
-                    retiring: true,
+                    retiring,
+                    rss: 0,
+                    killed_by: None,
                     _permit: permit,
                 };
-                self.spawn_close(slot);
+                if retiring {
+                    self.spawn_close(slot);
+                } else {
+                    st.slots.push(slot);
+                }
             }
             None => {
                 self.metrics.active_browsers.dec();
@@ -360,9 +601,22 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
+    /// Wait while the launch breaker is open or memory does not fit; `false` when the wait
+    /// was ended by shutdown or the drain.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = self.drain.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
     async fn launch_inner(&self, id: u64) -> Option<Browser> {
         // Circuit breaker.
-        loop {
+        let trial = loop {
+            if self.drain.is_cancelled() {
+                return None;
+            }
             let permit = {
                 let mut st = self.lock();
                 let p = st.breaker.permit(Instant::now());
@@ -370,57 +624,58 @@ impl Pool {
                 p
             };
             match permit {
-                Permit::Go { .. } => break,
+                Permit::Go { trial } => break trial,
                 Permit::Wait(d) => {
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        _ = tokio::time::sleep(d) => {}
+                    if !self.pause(d).await {
+                        return None;
                     }
                 }
             }
-        }
-        // Memory admission. Other launches in flight have not shown up in MemAvailable yet.
+        };
+        // A launch trial handed out and then given up (shutdown, drain) goes to the next launch.
+        let give_up = || {
+            if trial {
+                self.lock().breaker.release_trial();
+            }
+        };
+        // Memory admission: what is promised to the other browsers and not in use yet, plus one
+        // reserve, must fit in the headroom measured now.
+        let mut rejected = false;
         loop {
-            let (pending, total) = {
+            if self.drain.is_cancelled() {
+                give_up();
+                return None;
+            }
+            let (pending, others) = {
                 let st = self.lock();
                 (
-                    (st.launching.saturating_sub(1)) as u64 * self.cfg.memory_reserve,
-                    (st.slots.len() + st.launching) as u64,
+                    self.unmaterialized(&st)
+                        .saturating_sub(self.cfg.memory_reserve),
+                    st.slots.len() + st.launching.saturating_sub(1),
                 )
             };
-            // Budget: every live browser may grow to `memory_reserve`; the first always may start.
-            if let Some(b) = self.mem_budget {
-                if total > 1 && total * self.cfg.memory_reserve > b {
-                    self.metrics.admission_rejections_memory.inc();
-                    tracing::debug!(
-                        browsers = total,
-                        budget_mib = b >> 20,
-                        reserve_mib = self.cfg.memory_reserve >> 20,
-                        "another browser would exceed the memory budget; waiting"
-                    );
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    continue;
-                }
-            }
             let procfs = self.env.procfs.clone();
             let headroom = tokio::task::spawn_blocking(move || admission::headroom(&procfs))
                 .await
                 .ok()
                 .flatten();
+            self.lock().headroom = headroom;
+            // The first browser always may start.
             match headroom {
-                Some(h) if !admission::fits(h, pending, self.cfg.memory_reserve) => {
-                    self.metrics.admission_rejections_memory.inc();
-                    tracing::warn!(
-                        available_mib = h >> 20,
-                        reserve_mib = self.cfg.memory_reserve >> 20,
-                        "not enough memory for another browser; waiting"
-                    );
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                Some(h) if others > 0 && !admission::fits(h, pending, self.cfg.memory_reserve) => {
+                    if !rejected {
+                        rejected = true;
+                        self.metrics.admission_rejections_memory.inc();
+                        tracing::warn!(
+                            available_mib = h >> 20,
+                            promised_mib = pending >> 20,
+                            reserve_mib = self.cfg.memory_reserve >> 20,
+                            "not enough memory for another browser; waiting"
+                        );
+                    }
+                    if !self.pause(Duration::from_secs(1)).await {
+                        give_up();
+                        return None;
                     }
                 }
                 _ => break,
@@ -524,7 +779,20 @@ impl Pool {
         Browser::launch(10_000 + tag, dir, &self.spec, &self.env, Mode::Detached).await
     }
 
+    /// How long closing one browser may take at most (CDP close, exit, two rounds of
+    /// SIGTERM/SIGKILL, verification), plus slack.
+    fn close_budget(&self) -> Duration {
+        let s = &self.spec;
+        s.close_timeout
+            + s.exit_wait
+            + (s.term_grace + s.kill_wait) * 2
+            + s.verify_deadline
+            + SHUTDOWN_SLACK
+    }
+
     /// Close every browser and wait for all pool tasks. Call after every session has ended.
+    /// Bounded: launches in flight get their launch timeout, closes their close budget; a
+    /// browser still lent after that (a lease that was never given back) is closed anyway.
     pub async fn shutdown(self: &Arc<Self>) {
         {
             let mut st = self.lock();
@@ -536,20 +804,446 @@ impl Pool {
         }
         self.stop.cancel();
         self.changed.notify_waiters();
+        let deadline = tokio::time::Instant::now() + self.spec.launch_timeout + self.close_budget();
         // Launches finish (bounded by the launch timeout) and close what they started.
         loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let busy = {
-                let st = self.lock();
+                let mut st = self.lock();
+                self.retire_unusable(&mut st);
                 st.launching > 0 || !st.slots.is_empty()
             };
             if !busy {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let mut st = self.lock();
-            self.retire_unusable(&mut st);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let mut st = self.lock();
+                    let lent: usize = st.slots.iter().map(|s| s.active).sum();
+                    tracing::error!(
+                        lent,
+                        launching = st.launching,
+                        "pool shutdown deadline passed: closing browsers still lent to sessions"
+                    );
+                    for s in st.slots.iter_mut() {
+                        s.active = 0;
+                    }
+                    self.retire_unusable(&mut st);
+                    break;
+                }
+            }
         }
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout(self.close_budget(), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "pool tasks (launches, closes) still running after the shutdown deadline"
+            );
+        }
+    }
+}
+
+/// Measure each browser's process tree (its process group) and the headroom every
+/// [`SAMPLE_EVERY`], and wake sessions waiting for memory. Holds the pool weakly: it ends with
+/// the pool's `stop`, or when the pool is gone.
+async fn sample_memory(pool: Weak<Pool>, stop: CancellationToken) {
+    let page = leakwarden_core::proc::clock_ticks_and_page_size().1;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let groups: Vec<i32> = pool.lock().slots.iter().map(|s| s.browser.pid).collect();
+        let procfs = pool.env.procfs.clone();
+        let (sums, headroom) = tokio::task::spawn_blocking(move || {
+            let mut sums: HashMap<i32, u64> = groups.iter().map(|&g| (g, 0)).collect();
+            if !sums.is_empty() {
+                for pid in procfs.pids().unwrap_or_default() {
+                    if let Ok(Some(s)) = procfs.stat(pid) {
+                        if let Some(v) = sums.get_mut(&s.pgid) {
+                            *v += s.rss_pages * page;
+                        }
+                    }
+                }
+            }
+            (sums, admission::headroom(&procfs))
+        })
+        .await
+        .unwrap_or_default();
+        {
+            let mut st = pool.lock();
+            st.headroom = headroom;
+            for s in st.slots.iter_mut() {
+                if let Some(&rss) = sums.get(&s.browser.pid) {
+                    s.rss = rss;
+                }
+            }
+        }
+        pool.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! A pool for unit tests: a real launcher thread, a temporary run directory, and (for the
+    //! tests that start Chromium) a private PID namespace to run in.
+
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use super::*;
+    use crate::launcher::{Launcher, Owned};
+    use crate::proc::Procfs;
+
+    const CHROMIUM: &[&str] = &["/usr/lib/chromium/chromium", "/usr/bin/chromium"];
+
+    pub(crate) struct Kit {
+        pub pool: Arc<Pool>,
+        pub metrics: Arc<Metrics>,
+        launcher: Option<Launcher>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// `browsers` browsers of 4 contexts; breaker backoff from 1 ms (or `backoff`); a memory
+    /// reserve of one byte (admission always fits).
+    pub(crate) fn config(browsers: usize, backoff: Duration) -> PoolConfig {
+        PoolConfig {
+            browsers,
+            contexts_per_browser: 4,
+            recycle_after: 100,
+            max_age: Duration::from_secs(600),
+            memory_reserve: 1,
+            breaker_threshold: 3,
+            breaker_base: backoff,
+            breaker_max: backoff * 4,
+        }
+    }
+
+    /// Call inside a Tokio runtime.
+    pub(crate) fn kit(cfg: PoolConfig, chromium: PathBuf, drain: CancellationToken) -> Kit {
+        let owned = Owned::default();
+        let launcher = Launcher::start(owned.clone()).expect("launcher thread");
+        let env = Env {
+            launcher: launcher.handle().expect("launcher handle"),
+            owned,
+            procfs: Procfs::default(),
+            tasks: TaskTracker::new(),
+        };
+        // Short: Chromium's socket paths live under it.
+        let dir = tempfile::Builder::new()
+            .prefix("lwp-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let mut spec = Spec::new(chromium);
+        spec.launch_timeout = Duration::from_secs(30);
+        let metrics =
+            Arc::new(Metrics::register(prometheus::Registry::new()).expect("metrics register"));
+        let pool = Pool::new(
+            cfg,
+            spec,
+            env,
+            dir.path().to_path_buf(),
+            metrics.clone(),
+            drain,
+        );
+        Kit {
+            pool,
+            metrics,
+            launcher: Some(launcher),
+            _dir: dir,
+        }
+    }
+
+    impl Kit {
+        /// Shut the pool down, wait for the browsers' own tasks, end the launcher thread.
+        pub(crate) async fn finish(mut self) -> PoolStats {
+            self.pool.shutdown().await;
+            let stats = self.pool.stats();
+            let tasks = self.pool.env().tasks.clone();
+            tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+            if let Some(l) = self.launcher.take() {
+                let _ = tokio::task::spawn_blocking(move || l.join()).await;
+            }
+            stats
+        }
+    }
+
+    /// Tests that start Chromium also kill it: they run again, as PID 1, in a private PID
+    /// namespace, where nothing but their own processes can be reached. Outside the namespace
+    /// this runs `test` (its full path) there, asserts that it passed, and returns `None`; inside
+    /// it returns the Chromium to use. `None` as well (skipped, said on stderr) without Chromium
+    /// or without the right to create a PID namespace.
+    pub(crate) fn in_private_pid_namespace(test: &str) -> Option<PathBuf> {
+        let Some(chromium) = CHROMIUM.iter().map(PathBuf::from).find(|p| p.exists()) else {
+            eprintln!("skipped: no Chromium");
+            return None;
+        };
+        if std::env::var_os("LW_TEST_IN_PIDNS").is_some() {
+            return Some(chromium);
+        }
+        let can = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "true"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !can {
+            eprintln!("skipped: cannot create a PID namespace");
+            return None;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(exe)
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("LW_TEST_IN_PIDNS", "1")
+            .output()
+            .expect("running unshare");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "in the PID namespace:\n{text}");
+        assert!(
+            text.contains("1 passed"),
+            "the test did not run in the namespace:\n{text}"
+        );
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{config, in_private_pid_namespace, kit};
+    use super::*;
+
+    /// Generous: only a failing test waits this long.
+    const PATIENCE: Duration = Duration::from_secs(120);
+
+    fn no_chromium() -> std::path::PathBuf {
+        "/nonexistent/chromium".into()
+    }
+
+    impl Pool {
+        fn target_trial_in_flight(&self, target: usize) -> bool {
+            self.lock()
+                .targets
+                .get(&target)
+                .is_some_and(|b| b.trial_in_flight())
+        }
+    }
+
+    /// Issue 14, item 1: the half-open trial was handed to a session before it had a browser;
+    /// a session that gave up waiting for one never reported, and its target stayed half-open
+    /// with the trial "in flight" for good.
+    #[tokio::test]
+    async fn a_trial_session_that_gives_up_waiting_for_a_browser_does_not_jam_its_target() {
+        // No browsers at all: a session waits in `acquire` until it gives up.
+        let k = kit(
+            config(0, Duration::from_millis(1)),
+            no_chromium(),
+            CancellationToken::new(),
+        );
+        for _ in 0..3 {
+            k.pool
+                .target_permit(0)
+                .await
+                .expect("closed circuit")
+                .report(Verdict::Failed);
+        }
+        let pool = k.pool.clone();
+        let waiting = tokio::spawn(async move { pool.acquire(0).await.map(|_| ()) });
+        tokio::time::timeout(PATIENCE, async {
+            while !k.pool.target_trial_in_flight(0) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the waiting session took the half-open trial");
+        // The session gives up (its deadline, its shutdown): the future is dropped.
+        waiting.abort();
+        let _ = waiting.await;
+        assert!(!k.pool.target_trial_in_flight(0));
+        let next = tokio::time::timeout(PATIENCE, k.pool.target_permit(0)).await;
+        assert!(
+            matches!(next, Ok(Ok(ref p)) if p.is_trial()),
+            "the next session gets the next trial"
+        );
+        drop(next);
+        k.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_trial_permit_dropped_unreported_counts_as_a_failure() {
+        let k = kit(
+            config(0, Duration::from_millis(1)),
+            no_chromium(),
+            CancellationToken::new(),
+        );
+        for _ in 0..3 {
+            k.pool
+                .target_permit(0)
+                .await
+                .expect("closed")
+                .report(Verdict::Failed);
+        }
+        let trial = tokio::time::timeout(PATIENCE, k.pool.target_permit(0))
+            .await
+            .expect("half-open after the backoff")
+            .expect("permit");
+        assert!(trial.is_trial());
+        drop(trial);
+        assert!(!k.pool.target_trial_in_flight(0));
+        // Open again (for longer), then half-open with a new trial.
+        let again = tokio::time::timeout(PATIENCE, k.pool.target_permit(0))
+            .await
+            .expect("a new trial after the longer backoff")
+            .expect("permit");
+        assert!(again.is_trial());
+        again.report(Verdict::Ok);
+        assert!(!k.pool.target_permit(0).await.expect("closed").is_trial());
+        k.finish().await;
+    }
+
+    /// Issue 14, item 10: one breaker for every target let one dead target stall the sessions of
+    /// healthy ones, and counted injected faults and cancellations as target failures.
+    #[tokio::test]
+    async fn a_failing_target_opens_only_its_own_breaker() {
+        let k = kit(
+            config(0, Duration::from_secs(3600)),
+            no_chromium(),
+            CancellationToken::new(),
+        );
+        for _ in 0..3 {
+            k.pool
+                .target_permit(0)
+                .await
+                .expect("closed")
+                .report(Verdict::Failed);
+        }
+        // Target 0 is open for an hour; target 1 is served at once.
+        let healthy = tokio::time::timeout(PATIENCE, k.pool.target_permit(1)).await;
+        assert!(
+            matches!(healthy, Ok(Ok(ref p)) if !p.is_trial()),
+            "a healthy target is not stalled by a failing one"
+        );
+        drop(healthy);
+        assert_eq!(
+            k.metrics.circuit_state.get(),
+            2,
+            "the gauge shows the worst"
+        );
+        // Faults, cancellations and neighbours' doings do not count.
+        for _ in 0..5 {
+            k.pool
+                .target_permit(2)
+                .await
+                .expect("closed")
+                .report(Verdict::NotTheTarget);
+        }
+        assert!(!k
+            .pool
+            .target_permit(2)
+            .await
+            .expect("still closed")
+            .is_trial());
+        k.finish().await;
+    }
+
+    /// Issue 14, item 5: after SIGTERM no new browser may start. A session waiting for one
+    /// when the drain starts gets none (and is cancelled).
+    #[tokio::test]
+    async fn no_browser_is_launched_once_the_drain_has_started() {
+        let drain = CancellationToken::new();
+        let k = kit(
+            config(1, Duration::from_millis(1)),
+            no_chromium(),
+            drain.clone(),
+        );
+        k.pool.demand.store(5, Ordering::Relaxed);
+        drain.cancel();
+        let r = tokio::time::timeout(PATIENCE, k.pool.acquire(0))
+            .await
+            .expect("a draining pool answers");
+        assert!(matches!(r, Err(AcquireError::Draining)));
+        let stats = k.finish().await;
+        assert_eq!(stats.browsers_launched + stats.launch_failures, 0);
+    }
+
+    /// Issue 14, item 3: `Lease` had no `Drop`; a lease lost outside the session's
+    /// `catch_unwind` kept its browser busy and `shutdown` polled forever.
+    #[test]
+    fn a_lease_dropped_without_finish_gives_its_browser_back_chromium() {
+        let Some(chromium) = in_private_pid_namespace(
+            "pool::tests::a_lease_dropped_without_finish_gives_its_browser_back_chromium",
+        ) else {
+            return;
+        };
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let k = kit(
+                config(1, Duration::from_millis(1)),
+                chromium,
+                CancellationToken::new(),
+            );
+            let lease = tokio::time::timeout(PATIENCE, k.pool.acquire(0))
+                .await
+                .expect("a browser in time")
+                .expect("a lease");
+            drop(lease);
+            // Given back as unhealthy: retired and closed while the pool still runs.
+            tokio::time::timeout(PATIENCE, async {
+                while k.pool.stats().browsers_closed == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .expect("the browser of the dropped lease was closed");
+            let stats = tokio::time::timeout(PATIENCE, k.finish())
+                .await
+                .expect("shutdown returns");
+            // (The pool may have launched a replacement meanwhile: closed with the rest.)
+            assert_eq!(stats.browsers_closed, stats.browsers_launched, "{stats:?}");
+            assert_eq!(stats.leaked_processes + stats.dirs_left, 0, "{stats:?}");
+        });
+    }
+
+    /// Issue 14, item 3: every shutdown wait has a deadline — even a lease that is never given
+    /// back (here: forgotten) does not keep `shutdown` waiting, and its browser is closed.
+    #[test]
+    fn shutdown_closes_a_browser_whose_lease_never_came_back_chromium() {
+        let Some(chromium) = in_private_pid_namespace(
+            "pool::tests::shutdown_closes_a_browser_whose_lease_never_came_back_chromium",
+        ) else {
+            return;
+        };
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let k = kit(
+                config(1, Duration::from_millis(1)),
+                chromium,
+                CancellationToken::new(),
+            );
+            let lease = tokio::time::timeout(PATIENCE, k.pool.acquire(0))
+                .await
+                .expect("a browser in time")
+                .expect("a lease");
+            std::mem::forget(lease);
+            let stats = tokio::time::timeout(PATIENCE * 2, k.finish())
+                .await
+                .expect("shutdown returns by its deadline");
+            assert_eq!(stats.browsers_closed, 1);
+            assert_eq!(stats.leaked_processes + stats.dirs_left, 0, "{stats:?}");
+        });
     }
 }

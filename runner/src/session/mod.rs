@@ -6,8 +6,13 @@
 //! which abandons its in-flight CDP calls (really cancelled, not left running); the context is
 //! then disposed with its own deadline, outside the race. A panic in a step is caught and is a
 //! failed attempt like any other. A failed attempt retires its browser.
+//!
+//! An attempt whose browser dies under it while it injected no fault of its own ends in
+//! [`AttemptError::Collateral`], naming the cause (a neighbour's `kill-browser`, or the browser
+//! itself): the session runs it again on another browser without spending a retry (`exec.rs`).
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::browser::Browser;
 use crate::faults::Fault;
 use crate::job::{resolve_url, Job, Step};
-use crate::pool::{Lease, Pool};
+use crate::metrics::Collateral;
+use crate::pool::{AcquireError, Pool, Verdict};
 
 mod values;
 pub use values::{
@@ -58,6 +64,13 @@ pub enum AttemptError {
     Failed(String),
     Timeout,
     Cancelled,
+    /// The browser was lost under the attempt to a cause that was not the attempt's own:
+    /// another session's injected fault, or a browser that died while this attempt injected
+    /// nothing. The session runs the attempt again elsewhere, without spending a retry.
+    Collateral {
+        cause: Collateral,
+        message: String,
+    },
 }
 
 impl std::fmt::Display for AttemptError {
@@ -66,8 +79,36 @@ impl std::fmt::Display for AttemptError {
             AttemptError::Failed(m) => f.write_str(m),
             AttemptError::Timeout => f.write_str("session timeout"),
             AttemptError::Cancelled => f.write_str("cancelled by shutdown"),
+            AttemptError::Collateral { message, .. } => f.write_str(message),
         }
     }
+}
+
+/// What one run of an attempt did.
+#[derive(Debug)]
+pub struct Ran {
+    pub result: Result<(), AttemptError>,
+    /// `b<N>` (a browser of the pool), `detached` (the `abandon` fault's), or none.
+    pub browser: Option<String>,
+}
+
+impl Ran {
+    fn without_browser(result: Result<(), AttemptError>) -> Self {
+        Ran {
+            result,
+            browser: None,
+        }
+    }
+}
+
+/// After a step failed without the browser being seen dead, how long to wait for its death
+/// before calling the failure the session's own: a killed browser's CDP connection can close a
+/// moment before its pidfd says it exited.
+const DEATH_GRACE: Duration = Duration::from_secs(1);
+
+/// Which of the job's targets session `index` uses (its circuit breaker's key).
+pub fn target_of(job: &Job, index: u64) -> usize {
+    (index % job.targets.len().max(1) as u64) as usize
 }
 
 /// Run one attempt of session `index`.
@@ -77,24 +118,53 @@ pub async fn attempt(
     at: Attempt<'_>,
     faults: &[Fault],
     cancel: &CancellationToken,
-) -> Result<(), AttemptError> {
+) -> Ran {
     let index = at.index;
     let deadline = tokio::time::Instant::now() + env.job.session_timeout;
     if faults.contains(&Fault::Abandon) {
-        return abandoned(pool, env, at, faults, cancel, deadline).await;
+        return Ran {
+            result: abandoned(pool, env, at, faults, cancel, deadline).await,
+            browser: Some("detached".into()),
+        };
     }
     let lease = tokio::select! {
-        _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
-        _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::Timeout),
-        l = pool.acquire() => l.map_err(|e| AttemptError::Failed(e.to_string()))?,
+        _ = cancel.cancelled() => return Ran::without_browser(Err(AttemptError::Cancelled)),
+        _ = tokio::time::sleep_until(deadline) => return Ran::without_browser(Err(AttemptError::Timeout)),
+        // The pool refuses only once it is closing or draining: this attempt is cancelled.
+        l = pool.acquire(target_of(&env.job, index)) => match l {
+            Ok(l) => l,
+            Err(AcquireError::Closed | AcquireError::Draining) => {
+                return Ran::without_browser(Err(AttemptError::Cancelled))
+            }
+        },
     };
     let browser = lease.browser.clone();
-    if pool.demand.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-        browser.start_warm(setup_timeout(&env.job));
-    }
+    let limit = setup_timeout(&env.job);
     let ctx_slot: Arc<Mutex<Option<BrowserContextId>>> = Arc::default();
+    // Take the context prepared ahead first, then prepare the next one: the other way round a
+    // session takes back the context it has just started itself.
+    let warm = match browser.take_warm() {
+        Some(h) => claim_warm(pool, &browser, h, cancel, deadline, limit, index).await,
+        None => None,
+    };
+    if let Some((ctx, _)) = &warm {
+        *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
+    }
+    if pool.demand.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        browser.start_warm(limit);
+    }
+    let injected = AtomicBool::new(false);
     let result = race(
-        steps(&browser, env, at, faults, ctx_slot.clone()),
+        steps(
+            &browser,
+            pool,
+            env,
+            at,
+            faults,
+            warm,
+            ctx_slot.clone(),
+            &injected,
+        ),
         &browser,
         cancel,
         deadline,
@@ -130,10 +200,99 @@ pub async fn attempt(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "context closed"
     );
-    pool.session_outcome(result.is_ok());
-    pool.release(Lease { browser }, result.is_ok() && disposed);
-    drop(lease);
-    result
+    let injected = injected.load(std::sync::atomic::Ordering::Relaxed);
+    // Whose failure was it? A browser that died under an attempt that injected nothing was
+    // lost to something else: a neighbour's fault, or a crash of the browser itself.
+    let result = match result {
+        Err(e @ (AttemptError::Failed(_) | AttemptError::Timeout)) if !injected => {
+            let dead = browser.dead.is_cancelled()
+                || (!disposed
+                    && tokio::time::timeout(DEATH_GRACE, browser.dead.cancelled())
+                        .await
+                        .is_ok());
+            if dead {
+                Err(collateral(pool, &browser, &e))
+            } else {
+                Err(e)
+            }
+        }
+        r => r,
+    };
+    lease.finish(result.is_ok() && disposed, verdict(&result, injected));
+    Ran {
+        result,
+        browser: Some(format!("b{}", browser.id)),
+    }
+}
+
+/// What an attempt's end says about its target (for the target's circuit breaker): only a
+/// failure of the attempt's own, with no fault injected, counts against it.
+pub fn verdict(result: &Result<(), AttemptError>, injected: bool) -> Verdict {
+    match result {
+        Ok(()) => Verdict::Ok,
+        Err(AttemptError::Failed(_) | AttemptError::Timeout) if !injected => Verdict::Failed,
+        // An injected fault, a shutdown or a neighbour's doing says nothing about the target.
+        Err(_) => Verdict::NotTheTarget,
+    }
+}
+
+/// Name the cause of a browser lost under an attempt (while its lease still holds the slot).
+fn collateral(pool: &Pool, browser: &Browser, e: &AttemptError) -> AttemptError {
+    match pool.fault_killer(browser) {
+        Some(s) => AttemptError::Collateral {
+            cause: Collateral::NeighbourFault,
+            message: format!(
+                "browser b{} killed by session {s}'s injected kill-browser fault ({e})",
+                browser.id
+            ),
+        },
+        None => AttemptError::Collateral {
+            cause: Collateral::BrowserDied,
+            message: format!(
+                "browser b{} died under this session, not by a fault it injected ({e})",
+                browser.id
+            ),
+        },
+    }
+}
+
+type WarmTask = tokio::task::JoinHandle<anyhow::Result<(BrowserContextId, Page)>>;
+
+/// The context and page prepared ahead (`Browser::start_warm`), waited for within `limit`,
+/// the deadline, shutdown and the browser's life. If the session gives up on it, a task of the
+/// browser's tracker still waits for it and disposes the context it brings: a context nobody
+/// disposes keeps its renderer until the browser recycles.
+async fn claim_warm(
+    pool: &Pool,
+    browser: &Arc<Browser>,
+    mut task: WarmTask,
+    cancel: &CancellationToken,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+    index: u64,
+) -> Option<(BrowserContextId, Page)> {
+    tokio::select! {
+        r = &mut task => return match r {
+            Ok(Ok(ready)) => Some(ready),
+            Ok(Err(e)) => {
+                tracing::debug!(session = index, error = %e, "warm context unusable; creating one");
+                None
+            }
+            Err(_) => None,
+        },
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep_until(deadline) => {}
+        _ = tokio::time::sleep(limit) => {}
+        _ = browser.dead.cancelled() => {}
+    }
+    let b = browser.clone();
+    let close = pool.spec().close_timeout;
+    pool.env().tasks.spawn(async move {
+        if let Ok(Ok((ctx, _page))) = task.await {
+            let _ = tokio::time::timeout(close, b.dispose_context(&ctx)).await;
+        }
+    });
+    None
 }
 
 /// Race the steps against shutdown, the deadline and the browser's death; catch panics.
@@ -162,32 +321,22 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn steps(
     browser: &Browser,
+    pool: &Pool,
     env: &SessionEnv,
     at: Attempt<'_>,
     faults: &[Fault],
+    warm: Option<(BrowserContextId, Page)>,
     ctx_slot: Arc<Mutex<Option<BrowserContextId>>>,
+    injected: &AtomicBool,
 ) -> anyhow::Result<()> {
     let index = at.index;
     let limit = setup_timeout(&env.job);
     let t = std::time::Instant::now();
-    let warm = match browser.take_warm() {
-        Some(w) => match w.await {
-            Ok(Ok(ready)) => Some(ready),
-            Ok(Err(e)) => {
-                tracing::debug!(session = index, error = %e, "warm context unusable; creating one");
-                None
-            }
-            Err(_) => None,
-        },
-        None => None,
-    };
     let (ctx, page) = match warm {
-        Some((ctx, page)) => {
-            *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
-            (ctx, page)
-        }
+        Some((ctx, page)) => (ctx, page),
         None => {
             let ctx = within(limit, "create context", browser.new_context()).await?;
             *ctx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
@@ -219,7 +368,7 @@ async fn steps(
         ms = t.elapsed().as_secs_f64() * 1e3,
         "context and page ready"
     );
-    let result = run_steps(&page, Some(browser), env, at, faults).await;
+    let result = run_steps(&page, Some((pool, browser)), env, at, faults, injected).await;
     let state_out = env.save_state.then(|| name("state.json"));
     let finished = within(
         limit,
@@ -242,16 +391,19 @@ fn setup_timeout(job: &Job) -> Duration {
     job.step_timeout.max(MIN_SETUP_TIMEOUT)
 }
 
+/// `kill`: the pool and browser a `kill-browser` fault kills (none for a detached browser).
+/// `injected` turns true once a fault is injected: from then on, a failure is the attempt's own.
 async fn run_steps(
     page: &Page,
-    browser: Option<&Browser>,
+    kill: Option<(&Pool, &Browser)>,
     env: &SessionEnv,
     at: Attempt<'_>,
     faults: &[Fault],
+    injected: &AtomicBool,
 ) -> anyhow::Result<()> {
     let index = at.index;
     let job = &env.job;
-    let target = &job.targets[(index % job.targets.len() as u64) as usize];
+    let target = &job.targets[target_of(job, index)];
     for (n, step) in job.steps.iter().enumerate() {
         let t = std::time::Instant::now();
         within(
@@ -271,7 +423,8 @@ async fn run_steps(
         // Faults strike mid-session: after the first step.
         if n == 0 {
             for &fault in faults {
-                inject(fault, page, browser, env).await?;
+                injected.store(true, std::sync::atomic::Ordering::Relaxed);
+                inject(fault, page, kill, env, index).await?;
             }
         }
     }
@@ -396,8 +549,9 @@ async fn write_artifact(
 async fn inject(
     fault: Fault,
     page: &Page,
-    browser: Option<&Browser>,
+    kill: Option<(&Pool, &Browser)>,
     env: &SessionEnv,
+    index: u64,
 ) -> anyhow::Result<()> {
     env.metrics.fault(fault).inc();
     let limit = env.job.step_timeout;
@@ -436,9 +590,11 @@ async fn inject(
             bail!("hung server answered")
         }
         Fault::KillBrowser => {
-            let Some(b) = browser else {
+            let Some((pool, b)) = kill else {
                 bail!("no browser to kill")
             };
+            // Before the signal: the neighbours judge their loss as soon as the browser is dead.
+            pool.note_fault_kill(b, index);
             if !b.kill_for_fault() {
                 bail!("could not signal the browser");
             }
@@ -477,6 +633,7 @@ async fn abandoned(
         .copied()
         .filter(|f| *f != Fault::Abandon)
         .collect();
+    let injected = AtomicBool::new(false);
     let body = async {
         let ctx = within(
             env.job.step_timeout,
@@ -485,10 +642,48 @@ async fn abandoned(
         )
         .await?;
         let page = within(env.job.step_timeout, "new page", browser.new_page(&ctx)).await?;
-        run_steps(&page, None, env, at, &others).await
+        run_steps(&page, None, env, at, &others, &injected).await
     };
     let result = race(body, &browser, cancel, deadline).await;
     // No cleanup: drop the CDP connection only.
     browser.close(pool.spec(), pool.env()).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, item 10: injected faults and cancellations used to count as target failures.
+    #[test]
+    fn only_a_sessions_own_failure_counts_against_its_target() {
+        let failed = || Err(AttemptError::Failed("step 2 (wait_for) timed out".into()));
+        assert_eq!(verdict(&Ok(()), false), Verdict::Ok);
+        assert_eq!(verdict(&failed(), false), Verdict::Failed);
+        assert_eq!(verdict(&Err(AttemptError::Timeout), false), Verdict::Failed);
+        assert_eq!(verdict(&failed(), true), Verdict::NotTheTarget);
+        assert_eq!(
+            verdict(&Err(AttemptError::Timeout), true),
+            Verdict::NotTheTarget
+        );
+        assert_eq!(
+            verdict(&Err(AttemptError::Cancelled), false),
+            Verdict::NotTheTarget
+        );
+        let lost = Err(AttemptError::Collateral {
+            cause: Collateral::NeighbourFault,
+            message: "browser b1 killed by session 3's injected kill-browser fault".into(),
+        });
+        assert_eq!(verdict(&lost, false), Verdict::NotTheTarget);
+    }
+
+    #[test]
+    fn sessions_spread_over_the_targets() {
+        let mut job = crate::job::default_job().expect("default job");
+        job.targets = vec!["a".into(), "b".into(), "c".into()];
+        assert_eq!(target_of(&job, 0), 0);
+        assert_eq!(target_of(&job, 4), 1);
+        job.targets.clear();
+        assert_eq!(target_of(&job, 7), 0, "no division by zero");
+    }
 }

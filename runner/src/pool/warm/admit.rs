@@ -79,28 +79,26 @@ impl WarmPool {
         }
     }
 
-    /// Memory admission for one more browser (see the module documentation).
+    /// Memory admission for one more browser (see the module documentation): what is promised
+    /// to every live browser and not in use yet, plus one more reserve, must fit in the
+    /// headroom measured now.
     pub(super) async fn memory_fits(&self) -> bool {
         let reserve = self.cfg.memory_reserve;
-        let (committed, live, pending) = {
+        let (pending, live) = {
             let st = self.lock();
-            let sessions: u64 = st.leased.values().map(|l| l.rss.max(reserve)).sum();
+            // A leased browser's tree is measured: only the rest of its reserve is pending.
+            let sessions = admission::unmaterialized(st.leased.values().map(|l| (reserve, l.rss)));
+            // Ready and launching browsers (this launch aside) will grow by a session's worth.
             let others = (st.ready.len() + st.launching.saturating_sub(1)) as u64 * reserve;
             (
                 sessions + others,
                 st.ready.len() + st.launching + st.leased.len(),
-                st.launching.saturating_sub(1) as u64 * reserve,
             )
         };
         // The first browser always may start: a service that can start none is useless, and
         // its launch failing says more than waiting forever.
         if live <= 1 {
             return true;
-        }
-        if let Some(budget) = self.mem_budget {
-            if committed + reserve > budget {
-                return false;
-            }
         }
         let procfs = self.env.procfs.clone();
         let headroom = tokio::task::spawn_blocking(move || admission::headroom(&procfs))

@@ -9,8 +9,8 @@
 //! - memory admission per session: a launch waits until the memory promised to every live
 //!   browser — for a session, the larger of `memory_reserve` and what its whole process tree
 //!   (browser, renderers, GPU and utility processes) really uses, sampled every
-//!   [`SAMPLE_EVERY`] — plus one more reserve fits in the budget measured at start, and the
-//!   host (or cgroup) has a reserve's worth of headroom now;
+//!   [`SAMPLE_EVERY`] — and not in use yet, plus one more reserve, fits in the host's (or
+//!   cgroup's) headroom measured now (never a budget from the start: the host changes);
 //! - the launch circuit breaker (`breaker.rs`).
 //!
 //! Every launch and close is a task on the pool's tracker; a [`Lease`] dropped without
@@ -25,7 +25,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission;
 use crate::breaker::{Breaker, Permit};
 use crate::browser::pipe::PipeBrowser;
 use crate::browser::{CloseReport, Env, Spec};
@@ -38,6 +37,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// Launches at once: each is about a second of CPU, and more in parallel only slows them all
 /// down on a small machine.
 const MAX_PARALLEL_LAUNCHES: usize = 2;
+/// Beyond the launch and close timeouts, what shutdown allows before it stops waiting.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct WarmConfig {
@@ -103,8 +104,6 @@ pub struct WarmPool {
     changed: Notify,
     tasks: TaskTracker,
     stop: CancellationToken,
-    /// Memory available when the service started: the budget of every live browser together.
-    mem_budget: Option<u64>,
     /// `Browser.getVersion` of the first browser launched (for `/json/version`).
     version: Mutex<Option<serde_json::Value>>,
     launched_once: CancellationToken,
@@ -118,7 +117,6 @@ impl WarmPool {
         run_dir: PathBuf,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let mem_budget = admission::headroom(&env.procfs);
         let breaker = Breaker::new(cfg.breaker_threshold, cfg.breaker_base, cfg.breaker_max);
         let pool = Arc::new(Self {
             cfg,
@@ -140,7 +138,6 @@ impl WarmPool {
             changed: Notify::new(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            mem_budget,
             version: Mutex::new(None),
             launched_once: CancellationToken::new(),
         });
@@ -440,18 +437,43 @@ impl WarmPool {
         for b in ready {
             self.spawn_close(b, false);
         }
+        // Bounded: launches in flight get their launch timeout, closes their close budget. A
+        // lease still out after that belongs to a session that never ended; it is not waited
+        // for (the caller's own cleanup sweeps the run directory), but said.
+        let s = &self.spec;
+        let close_budget = s.close_timeout
+            + s.exit_wait
+            + (s.term_grace + s.kill_wait) * 2
+            + s.verify_deadline
+            + SHUTDOWN_SLACK;
+        let deadline = tokio::time::Instant::now() + s.launch_timeout + close_budget;
         loop {
-            let busy = {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (launching, leased) = {
                 let st = self.lock();
-                st.launching > 0 || !st.leased.is_empty()
+                (st.launching, st.leased.len())
             };
-            if !busy {
+            if launching == 0 && leased == 0 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::error!(launching, leased, "warm pool shutdown deadline passed with browsers still launching or lent");
+                    break;
+                }
+            }
         }
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout(close_budget, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("warm pool tasks still running after the shutdown deadline");
+        }
     }
 }
 
