@@ -170,7 +170,7 @@ pub async fn execute(
     {
         tracing::warn!("browser tasks still running after cleanup");
     }
-    let extra_leaks = crate::sweep_run_dir(&env.procfs, &plan.dir, pool.spec()).await;
+    let extra_leaks = crate::sweep_run_dir(&env.procfs, &plan.dir, pool.spec(), &metrics).await;
     if extra_leaks > 0 {
         metrics.cleanup_leaks.inc_by(extra_leaks);
     }

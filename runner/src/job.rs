@@ -147,11 +147,16 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// The longest duration a job or a flag may give: a year. Anything longer is a typo, and a
+/// deadline computed from it (`now + duration`) would overflow the clock and panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
     }
+    let too_long = || format!("duration `{s}` is longer than a year (8760h)");
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
@@ -163,26 +168,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 "invalid duration `{s}` (e.g. 250ms, 30s, 5m, 1h30m)"
             ));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration `{s}`"))?;
+        // More digits than a u64 holds is a too-long duration, not a malformed one.
+        let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        total += match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            "h" => n.checked_mul(3600).map(Duration::from_secs),
             _ => {
                 return Err(format!(
                     "unknown unit `{unit}` in duration `{s}` (ms, s, m, h)"
                 ))
             }
         };
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -447,6 +455,32 @@ steps:
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5 days").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+    }
+
+    /// A huge duration is a located error, not a panic: before the fix `n * 3600` overflowed
+    /// (a panic in debug builds, a wrapped value in release) and a parsed `u64::MAX` seconds
+    /// panicked later, when a deadline was computed from it.
+    // See: issue 14, item 11.
+    #[test]
+    fn huge_durations_are_errors() {
+        for d in [
+            "8761h",
+            "18446744073709551615s",
+            "18446744073709551615h",
+            "99999999999999999999999s",
+            "5124095576030431h5124095576030431h",
+        ] {
+            let e = parse_duration(d).expect_err(d);
+            assert!(e.contains("longer than a year"), "{d}: {e}");
+        }
+        let e = parse(
+            "timeouts:\n  session: 18446744073709551615h\nsteps:\n  - navigate: /\n",
+            "j.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.to_string().starts_with("j.yaml:2:"), "{e}");
     }
 
     #[test]

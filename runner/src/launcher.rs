@@ -111,7 +111,17 @@ impl Launcher {
 
     /// Ends the thread. Call only after every browser has exited: the thread's exit is what
     /// fires their parent-death signal. Later spawns through a handle fail.
-    pub fn join(mut self) {
+    pub fn join(self) {
+        // Dropping does it (see the `Drop` impl).
+        drop(self);
+    }
+}
+
+/// An early error or a panic drops the launcher without [`Launcher::join`]: the thread is
+/// ended all the same (with no browser started yet there is nothing its exit could kill; with
+/// browsers, the parent-death signal is exactly what a runner going away should do to them).
+impl Drop for Launcher {
+    fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Request::Stop);
         }
@@ -207,15 +217,60 @@ fn spawn(
             }
         }
         Mode::Detached => {
-            crate::sys::detach(&mut cmd);
-            let mut child = cmd.spawn()?;
+            let (pid_read, pid_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            crate::sys::detach(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(&pid_write));
+            let spawned = cmd.spawn();
+            // Ours closed, the intermediate's gone with it, the browser's at its exec: a read
+            // below ends at end of file at the latest.
+            drop(pid_write);
+            let mut child = spawned?;
             // That was the intermediate of the double fork; it has exited. Reap it (the reaper
             // thread may have been first: then this finds nothing, which is fine).
             let _ = child.wait();
-            Ok(Spawned {
-                pid: child.id() as i32,
-                pidfd: None,
-            })
+            let mut buf = [0u8; 4];
+            let pid = match rustix::io::read(&pid_read, &mut buf) {
+                Ok(4) => i32::from_ne_bytes(buf),
+                other => {
+                    tracing::warn!(result = ?other, intermediate = child.id(), "the detached browser's pid did not arrive; reporting the intermediate's");
+                    child.id() as i32
+                }
+            };
+            Ok(Spawned { pid, pidfd: None })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A detached child (the `abandon` fault) is reported by its own pid, not by the pid of the
+    /// intermediate of the double fork, which exits at once. Before the fix the pid reported
+    /// (and logged) was the intermediate's, already gone.
+    // See: issue 14, item 11.
+    #[test]
+    fn a_detached_child_is_reported_by_its_own_pid() {
+        let marker = format!("lw-detach-test-{}", std::process::id());
+        let mut cmd = Command::new("sleep");
+        cmd.arg0(&marker).arg("20");
+        let spawned = spawn(cmd, Mode::Detached, None, &Owned::default()).expect("spawn");
+        // The pidfd first: the command line read after it belongs to the process it holds.
+        let pidfd = rustix::process::Pid::from_raw(spawned.pid).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", spawned.pid)).unwrap_or_default();
+        let is_it = cmdline.starts_with(marker.as_bytes());
+        // Ours, identified by the marker and held by a pidfd: end it before asserting.
+        if let (true, Some(fd)) = (is_it, pidfd.as_ref()) {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
+        assert!(
+            is_it,
+            "pid {} is not the detached child (cmdline {:?})",
+            spawned.pid,
+            String::from_utf8_lossy(&cmdline)
+        );
+        assert!(pidfd.is_some());
     }
 }

@@ -70,7 +70,9 @@ pub async fn run(
         .faults
         .iter()
         .any(|f| f.fault == faults::Fault::Abandon);
-    let (run_dir, stale_removed) = prepare_run_dir(&cfg.run_root, &procfs, &metrics, abandon)?;
+    // The `abandon` fault names a directory after the session's index.
+    let abandon_max = abandon.then(|| cfg.job.sessions.saturating_sub(1));
+    let (run_dir, stale_removed) = prepare_run_dir(&cfg.run_root, &procfs, &metrics, abandon_max)?;
     let run_path = run_dir.path().to_path_buf();
     tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
 
@@ -85,40 +87,27 @@ pub async fn run(
     let launcher = Launcher::start(owned.clone()).context("starting the launcher thread")?;
     let launch_handle = launcher.handle().context("launcher thread has no handle")?;
 
-    // Services and helpers: reaper, embedded site, metrics endpoint.
-    let services = TaskTracker::new();
-    let stop_services = CancellationToken::new();
-    let reaper_stop = CancellationToken::new();
-    services.spawn(reaper::run(
+    // Services and helpers: reaper, embedded site, metrics endpoint. From here on every exit
+    // stops them and waits for them; the run directory removes itself when dropped.
+    let services = Services::new();
+    services.tasks.spawn(reaper::run(
         procfs.clone(),
         owned.clone(),
-        reaper_stop.clone(),
+        services.reaper_stop.clone(),
     ));
-    let site_addr = site::start(cfg.site_port, &services, stop_services.clone())
-        .await
-        .context("starting the embedded site")?;
-    let site_url = format!("http://{site_addr}");
-    tracing::info!(site = %site_url, "embedded site");
-    if let Some(addr) = cfg.listen {
-        let listener = http::bind(addr)
-            .await
-            .with_context(|| format!("--listen {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-        http::serve(listener, metrics.clone(), &services, stop_services.clone());
-    }
-
-    let artifacts = match &cfg.artifacts {
-        Some(d) => config::absolute(d),
-        None => run_path.join("artifacts"),
+    let (site_url, artifacts) = match start_services(&cfg, &metrics, &services, &run_path).await {
+        Ok(v) => v,
+        Err(e) => {
+            services.stop().await;
+            return Err(e);
+        }
     };
-    std::fs::create_dir_all(&artifacts)
-        .with_context(|| format!("creating {}", artifacts.display()))?;
 
     let total = cfg.job.sessions;
     let job = Arc::new(cfg.job.clone());
     let records = Records::default();
     let progress_stop = CancellationToken::new();
-    services.spawn(summary::progress(
+    services.tasks.spawn(summary::progress(
         records.clone(),
         total,
         metrics.clone(),
@@ -169,15 +158,7 @@ pub async fn run(
         .ok();
 
     progress_stop.cancel();
-    reaper_stop.cancel();
-    stop_services.cancel();
-    services.close();
-    if tokio::time::timeout(SERVICE_STOP_GRACE, services.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("embedded servers did not stop in time");
-    }
+    services.stop().await;
 
     let summary = summary::build(
         &job.name,
@@ -195,6 +176,87 @@ pub async fn run(
     Ok(summary)
 }
 
+/// The helper tasks of a run or a service (reaper, embedded site, HTTP endpoints, progress)
+/// and what stops them. [`Services::stop`] is called on every way out, early errors included,
+/// so no task outlives its run.
+pub(crate) struct Services {
+    pub tasks: TaskTracker,
+    /// Stops the servers and the progress line.
+    pub stop: CancellationToken,
+    /// Stops the reaper (last: it reaps what the others leave).
+    pub reaper_stop: CancellationToken,
+}
+
+impl Services {
+    pub fn new() -> Self {
+        Self {
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            reaper_stop: CancellationToken::new(),
+        }
+    }
+
+    /// Stop every task and wait for them, at most [`SERVICE_STOP_GRACE`].
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.reaper_stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SERVICE_STOP_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "embedded servers did not stop in time"
+            );
+        }
+    }
+}
+
+/// A safety net for a panic: the tasks are told to stop (the runtime's shutdown ends them).
+/// Every ordinary way out calls [`Services::stop`] and waits.
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.reaper_stop.cancel();
+    }
+}
+
+/// The embedded site, the `--listen` endpoint and the artifacts directory: the steps of a run's
+/// start that fail on the outside world (a port in use, a directory that cannot be made).
+/// Returns the site's URL and the artifacts directory.
+async fn start_services(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    services: &Services,
+    run_path: &std::path::Path,
+) -> anyhow::Result<(String, std::path::PathBuf)> {
+    let site_addr = site::start(cfg.site_port, &services.tasks, services.stop.clone())
+        .await
+        .context("starting the embedded site")?;
+    let site_url = format!("http://{site_addr}");
+    tracing::info!(site = %site_url, "embedded site");
+    if let Some(addr) = cfg.listen {
+        let listener = http::bind(addr)
+            .await
+            .with_context(|| format!("--listen {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+        http::serve(
+            listener,
+            metrics.clone(),
+            &services.tasks,
+            services.stop.clone(),
+        );
+    }
+    let artifacts = match &cfg.artifacts {
+        Some(d) => config::absolute(d),
+        None => run_path.join("artifacts"),
+    };
+    std::fs::create_dir_all(&artifacts)
+        .with_context(|| format!("creating {}", artifacts.display()))?;
+    Ok((site_url, artifacts))
+}
+
 /// Remove the directories of dead runs under `root`, then create this run's directory and check
 /// that browser temp paths under it stay short enough for Chromium's unix sockets. Returns the
 /// directory and how many dead runs' directories were removed.
@@ -202,21 +264,28 @@ pub(crate) fn prepare_run_dir(
     root: &std::path::Path,
     procfs: &Procfs,
     metrics: &Metrics,
-    abandon: bool,
+    abandon_max: Option<u64>,
 ) -> anyhow::Result<(rundir::RunDir, u64)> {
     let stale = rundir::remove_dead_runs(root, procfs, None);
     for d in &stale.removed {
         tracing::info!(dir = %d.display(), "removed the directory of a dead run");
     }
-    for d in &stale.in_use {
-        tracing::warn!(dir = %d.display(), "a dead run's directory is still used by a live process; leaving it to the sidecar");
+    match &stale.unverified {
+        Some(e) if !stale.in_use.is_empty() => {
+            tracing::warn!(error = %e, dirs = stale.in_use.len(), "/proc could not be read completely, so whether a live process still uses the dead runs' directories cannot be told; leaving them");
+        }
+        _ => {
+            for d in &stale.in_use {
+                tracing::warn!(dir = %d.display(), "a dead run's directory is still used by a live process; leaving it to the sidecar");
+            }
+        }
     }
     metrics
         .stale_run_dirs_removed
         .inc_by(stale.removed.len() as u64);
     let run_dir = rundir::RunDir::create(root, procfs)
         .with_context(|| format!("creating the run directory under {}", root.display()))?;
-    let longest = browser::longest_tmpdir(run_dir.path(), abandon);
+    let longest = browser::longest_tmpdir(run_dir.path(), abandon_max);
     if longest > browser::MAX_TMPDIR_LEN {
         let _ = run_dir.remove();
         anyhow::bail!(
@@ -229,25 +298,68 @@ pub(crate) fn prepare_run_dir(
 }
 
 /// Last line of defence: any process still naming the run directory is terminated and counted.
-pub(crate) async fn sweep_run_dir(procfs: &Procfs, run_dir: &std::path::Path, spec: &Spec) -> u64 {
+/// A scan that could not read all of `/proc` counts as one leak (nothing proves the run clean)
+/// and in `leakwarden_runner_cleanup_unverified_total`; what it did find is still terminated.
+pub(crate) async fn sweep_run_dir(
+    procfs: &Procfs,
+    run_dir: &std::path::Path,
+    spec: &Spec,
+    metrics: &Metrics,
+) -> u64 {
     let mut needle = run_dir.as_os_str().as_encoded_bytes().to_vec();
     needle.push(b'/');
     let me = rustix::process::getpid().as_raw_nonzero().get();
     let p = procfs.clone();
-    let left: Vec<proc::Stat> = tokio::task::spawn_blocking(move || p.find(None, &needle, me))
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| s.state != 'Z')
-        .collect();
+    let scan = match tokio::task::spawn_blocking(move || p.find(None, &needle, me)).await {
+        Ok(s) => s,
+        Err(e) => proc::Scan {
+            found: Vec::new(),
+            unverified: Some(proc::ScanError::List {
+                root: procfs.root().to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        },
+    };
+    let unverified = match &scan.unverified {
+        Some(e) => {
+            tracing::error!(dir = %run_dir.display(), error = %e, "cleanup unverified: /proc could not be read, so nothing proves this run's processes gone");
+            metrics.cleanup_unverified.inc();
+            1
+        }
+        None => 0,
+    };
+    let left: Vec<proc::Stat> = scan.found.into_iter().filter(|s| s.state != 'Z').collect();
     if left.is_empty() {
-        return 0;
+        return unverified;
     }
     for s in &left {
         tracing::error!(pid = s.pid, comm = %s.comm, "cleanup leak: process of this run still alive after every browser was closed");
     }
     kill::terminate(procfs, &left, spec.term_grace, spec.kill_wait).await;
-    left.len() as u64
+    left.len() as u64 + unverified
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The final sweep over a `/proc` it cannot read completely counts a leak and an unverified
+    /// cleanup; before the fix the scan's error read as "nothing left" (0).
+    // See: issue 14, item 2.
+    #[tokio::test]
+    async fn a_sweep_that_cannot_read_proc_is_not_clean() {
+        let fake_proc = proc::fixture_with_unreadable();
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Metrics::register(prometheus::Registry::new()).expect("metrics");
+        let spec = Spec::new("/nonexistent/chromium".into());
+        let left = sweep_run_dir(
+            &Procfs::new(fake_proc.path()),
+            run_dir.path(),
+            &spec,
+            &metrics,
+        )
+        .await;
+        assert_eq!(left, 1, "the unverified sweep is one leak");
+        assert_eq!(metrics.cleanup_unverified.get(), 1);
+    }
 }

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub registry: Registry,
     sessions: [IntCounter; 5],
     pub cleanup_leaks: IntCounter,
+    pub cleanup_unverified: IntCounter,
     pub launch_failures: IntCounter,
     pub browsers_launched: IntCounter,
     pub admission_rejections_memory: IntCounter,
@@ -190,6 +191,10 @@ impl Metrics {
                 "leakwarden_runner_cleanup_leaks_total",
                 "Processes or directories that cleanup verification found left behind. Should stay 0.",
             )?,
+            cleanup_unverified: counter(
+                "leakwarden_runner_cleanup_unverified_total",
+                "Cleanups whose /proc verification could not read everything (EMFILE, ...): each also counts as a leak. Should stay 0.",
+            )?,
             launch_failures: counter(
                 "leakwarden_runner_launch_failures_total",
                 "Browser launches that failed.",
@@ -292,6 +297,7 @@ mod tests {
             "leakwarden_runner_sessions_total{outcome=\"ok\"} 1",
             "leakwarden_runner_sessions_total{outcome=\"cancelled\"} 0",
             "leakwarden_runner_cleanup_leaks_total 0",
+            "leakwarden_runner_cleanup_unverified_total 0",
             "leakwarden_runner_launch_failures_total 0",
             "leakwarden_runner_admission_rejections_total{reason=\"memory\"} 1",
             "leakwarden_runner_faults_injected_total{fault=\"crash\"} 1",

@@ -34,11 +34,13 @@ pub struct Marker {
     pub version: String,
 }
 
-/// This run's directory. Holds the lock until dropped.
+/// This run's directory. Holds the lock until dropped, and is removed when dropped (an early
+/// error, a panic) unless [`RunDir::remove`] already did it.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
     _lock: File,
+    removed: bool,
 }
 
 impl RunDir {
@@ -50,14 +52,25 @@ impl RunDir {
             .ok_or_else(|| io::Error::other("cannot read own /proc stat"))?;
         let path = root.join(format!("{PREFIX}{me}-{start_time}"));
         std::fs::create_dir_all(root)?;
-        match std::fs::create_dir(&path) {
-            Ok(()) => {}
+        let created = match std::fs::create_dir(&path) {
+            Ok(()) => true,
             // Same pid and start time: only a previous incarnation of this very process.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(e),
-        }
-        let lock = File::create(path.join(LOCK))?;
-        flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+        };
+        let locked = File::create(path.join(LOCK)).and_then(|lock| {
+            flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+            Ok(lock)
+        });
+        let lock = match locked {
+            Ok(l) => l,
+            Err(e) => {
+                if created {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+                return Err(e);
+            }
+        };
         let marker = Marker {
             pid: me,
             start_time,
@@ -68,17 +81,56 @@ impl RunDir {
                 .unwrap_or(0),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        write_marker(&path, &marker)?;
-        Ok(Self { path, _lock: lock })
+        let dir = Self {
+            path,
+            _lock: lock,
+            removed: false,
+        };
+        // From here a failure drops `dir`, which removes what was created.
+        write_marker(&dir.path, &marker)?;
+        Ok(dir)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Remove everything; the lock goes with the last file handle.
-    pub fn remove(self) -> io::Result<()> {
-        std::fs::remove_dir_all(&self.path)
+    /// Remove everything and check that it is gone; the lock goes with the last file handle.
+    pub fn remove(mut self) -> io::Result<()> {
+        self.removed = true;
+        remove_verified(&self.path)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        self.removed = true;
+        match remove_verified(&self.path) {
+            Ok(()) => tracing::debug!(dir = %self.path.display(), "run directory removed"),
+            Err(e) => {
+                tracing::error!(dir = %self.path.display(), error = %e, "cleanup leak: run directory not removed")
+            }
+        }
+    }
+}
+
+/// `remove_dir_all`, then verify: the path must be gone (already gone counts as removed).
+fn remove_verified(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::DirectoryNotEmpty,
+            "still present after removal",
+        )),
+        Err(e) => Err(e),
     }
 }
 
@@ -99,6 +151,9 @@ pub struct StaleCleanup {
     pub removed: Vec<PathBuf>,
     /// Dead runs' directories still named by a live process: left for the sidecar.
     pub in_use: Vec<PathBuf>,
+    /// Set when `/proc` could not be read completely: then whether a live process names a dead
+    /// run's directory cannot be told, and every one is left (in `in_use`).
+    pub unverified: Option<String>,
 }
 
 /// Remove the directories of dead runs under `root`.
@@ -131,15 +186,12 @@ pub fn remove_dead_runs(root: &Path, procfs: &Procfs, own: Option<&Path>) -> Sta
         return out;
     }
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    let pids = procfs.pids().unwrap_or_default();
-    let cmdlines: Vec<Vec<u8>> = pids
-        .iter()
-        .filter(|&&p| p != me)
-        .filter_map(|&p| procfs.cmdline(p).ok().flatten())
-        .collect();
+    // "Could not check" is "in use": a directory is never removed under a process we missed.
+    let (cmdlines, unverified) = procfs.cmdlines(me);
+    out.unverified = unverified.map(|e| e.to_string());
     for path in candidates {
         let needle = path.as_os_str().as_encoded_bytes();
-        if cmdlines.iter().any(|c| cmdline_contains(c, needle)) {
+        if out.unverified.is_some() || cmdlines.iter().any(|c| cmdline_contains(c, needle)) {
             out.in_use.push(path);
             continue;
         }
@@ -216,5 +268,42 @@ mod tests {
         let res = remove_dead_runs(root.path(), &Procfs::default(), None);
         assert!(res.removed.is_empty());
         assert!(young.exists());
+    }
+
+    /// "Could not check" is "in use": with a `/proc` it cannot read completely, start-up
+    /// cleanup keeps a dead run's directory (a live process it missed may still use it).
+    /// Before the fix the unreadable command line was skipped and the directory removed.
+    // See: issue 14, item 2.
+    #[test]
+    fn dead_run_is_kept_when_proc_cannot_be_read() {
+        let root = tempfile::tempdir().unwrap();
+        let dead = root.path().join(format!("{PREFIX}999999-1"));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(LOCK), b"").unwrap();
+        let fake_proc = crate::proc::fixture_with_unreadable();
+        let res = remove_dead_runs(root.path(), &Procfs::new(fake_proc.path()), None);
+        assert!(res.removed.is_empty(), "{res:?}");
+        assert_eq!(res.in_use, vec![dead.clone()]);
+        assert!(res.unverified.is_some());
+        assert!(dead.exists());
+    }
+
+    /// An early error (a port in use, an artifacts directory that cannot be made) drops the
+    /// run directory without `remove`: it must not stay behind. Before the fix it did.
+    // See: issue 14, item 7.
+    #[test]
+    fn a_dropped_run_dir_removes_itself() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(root.path(), &Procfs::default()).unwrap();
+        let path = dir.path().to_path_buf();
+        std::fs::create_dir_all(path.join("b1/p")).unwrap();
+        assert!(path.exists());
+        drop(dir);
+        assert!(!path.exists(), "{} left behind", path.display());
+        // `remove` then drop: removed once, no error.
+        let dir = RunDir::create(root.path(), &Procfs::default()).unwrap();
+        let path = dir.path().to_path_buf();
+        dir.remove().unwrap();
+        assert!(!path.exists());
     }
 }

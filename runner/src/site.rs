@@ -16,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,8 +158,28 @@ fn escape(s: &str) -> String {
         .replace('+', " ")
 }
 
+/// Requests of `/hang` in flight (a test watches it return to 0).
+type Hanging = Arc<AtomicUsize>;
+
+/// Counts a hung request while it lives; dropped when the hang ends, however it ends.
+struct HangGuard(Hanging);
+
+impl HangGuard {
+    fn new(h: &Hanging) -> Self {
+        h.fetch_add(1, Ordering::AcqRel);
+        Self(h.clone())
+    }
+}
+
+impl Drop for HangGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn handle(
     pages: Arc<Pages>,
+    hanging: Hanging,
     stop: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -190,6 +211,7 @@ async fn handle(
             )))
         }
         "/hang" => {
+            let _counted = HangGuard::new(&hanging);
             tokio::select! {
                 _ = tokio::time::sleep(HANG_MAX) => {}
                 _ = stop.cancelled() => {}
@@ -214,15 +236,26 @@ pub async fn start(
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    Ok(start_counted(port, tracker, stop).await?.0)
+}
+
+/// [`start`], also returning the count of `/hang` requests in flight.
+async fn start_counted(
+    port: u16,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, Hanging)> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let pages = Arc::new(Pages::build());
+    let hanging = Hanging::default();
+    let counted = hanging.clone();
     // No connection deadline: `/hang` must hang until the client gives up (the hang-server fault).
     let svc_stop = stop.clone();
     crate::http::accept_loop(listener, tracker, stop, None, move |req| {
-        handle(pages.clone(), svc_stop.clone(), req)
+        handle(pages.clone(), counted.clone(), svc_stop.clone(), req)
     });
-    Ok(addr)
+    Ok((addr, hanging))
 }
 
 #[cfg(test)]
@@ -274,6 +307,47 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .unwrap();
+    }
+
+    /// Wait (bounded) until `hanging` reads `want`.
+    async fn until(hanging: &Hanging, want: usize, what: &str) {
+        let t = std::time::Instant::now();
+        while hanging.load(Ordering::Acquire) != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "{what}: {} hung request(s) in flight, expected {want}",
+                hanging.load(Ordering::Acquire)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A `/hang` whose client went away ends then — not after `HANG_MAX` (600 s), holding a task
+    /// and a descriptor — whether the client kept the connection alive (a browser) or asked
+    /// to close it (`Connection: close`, HTTP/1.0 tools).
+    // See: issue 14, item 11 (the `hang-server` fault).
+    #[tokio::test]
+    async fn a_hang_ends_when_its_client_goes_away() {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let (addr, hanging) = start_counted(0, &tracker, stop.clone()).await.unwrap();
+        for (what, extra) in [
+            ("keep-alive client", ""),
+            ("Connection: close client", "Connection: close\r\n"),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET /hang HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+                .await
+                .unwrap();
+            until(&hanging, 1, what).await;
+            drop(s);
+            until(&hanging, 0, what).await;
+        }
+        stop.cancel();
         tracker.close();
         tokio::time::timeout(Duration::from_secs(5), tracker.wait())
             .await

@@ -74,8 +74,10 @@ pub struct Cleanup {
     pub processes_signalled: u64,
     pub leaked_processes: u64,
     pub dirs_left: u64,
-    /// Everything verification found left (processes + directories), as counted in
-    /// `leakwarden_runner_cleanup_leaks_total`.
+    /// Browser closes whose verification could not read /proc (EMFILE, …): not proven clean.
+    pub unverified: u64,
+    /// Everything verification found left (processes + directories), plus every unverified
+    /// close, as counted in `leakwarden_runner_cleanup_leaks_total`.
     pub leaks: u64,
     pub stale_run_dirs_removed: u64,
     pub run_dir_removed: bool,
@@ -182,7 +184,11 @@ pub fn build(
             processes_signalled: pool.processes_signalled,
             leaked_processes,
             dirs_left: pool.dirs_left,
-            leaks: leaked_processes + pool.dirs_left + u64::from(!run_dir_removed),
+            unverified: pool.unverified,
+            leaks: leaked_processes
+                + pool.dirs_left
+                + pool.unverified
+                + u64::from(!run_dir_removed),
             stale_run_dirs_removed: stale_removed,
             run_dir_removed,
         },
@@ -252,7 +258,14 @@ impl Summary {
             ),
             (
                 "cleanup: leaks (processes + dirs)".into(),
-                self.cleanup.leaks.to_string(),
+                if self.cleanup.unverified > 0 {
+                    format!(
+                        "{} ({} unverified: /proc unreadable)",
+                        self.cleanup.leaks, self.cleanup.unverified
+                    )
+                } else {
+                    self.cleanup.leaks.to_string()
+                },
             ),
             (
                 "stale run dirs removed at start".into(),

@@ -18,14 +18,21 @@ use rustix::process::{Pid, Signal};
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so the caller must spawn from a
 /// thread that lives as long as the runner (see `launcher.rs`).
 pub fn tie_to_parent(cmd: &mut Command) {
-    let parent: Pid = rustix::process::getpid();
+    tie_to(cmd, rustix::process::getpid());
+}
+
+/// [`tie_to_parent`] with the expected parent given (a test passes one that is not).
+fn tie_to(cmd: &mut Command, parent: Pid) {
     // SAFETY: the closure only issues async-signal-safe system calls (prctl, getppid,
-    // close_range) and allocates nothing; `parent` is a plain integer copied in.
+    // close_range) and allocates nothing: its errors are bare errno values
+    // (`io::Error::from_raw_os_error` and rustix's `Errno` convert without allocating);
+    // `parent` is a plain integer copied in.
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
             if rustix::process::getppid() != Some(parent) {
-                return Err(io::Error::other("runner exited before the browser started"));
+                // The parent already died: "no such process" is what spawn reports.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             cloexec_inherited();
             Ok(())
@@ -65,16 +72,27 @@ pub fn pass_pipes(cmd: &mut Command, read: i32, write: i32) {
 /// browser is reparented to init (a run with `abandon` does not make the runner a subreaper) and
 /// is a real orphan from its first second, the way a buggy bot's detached browser ends up — in a
 /// new session (no process group the runner could signal) and without a parent-death signal.
-pub fn detach(cmd: &mut Command) {
-    // SAFETY: fork, _exit, setsid and close_range are async-signal-safe system calls; nothing is
-    // allocated. The intermediate exits without running any Rust code; std's exec-error pipe is
-    // close-on-exec, so the parent still learns whether the grandchild's exec succeeded.
+///
+/// The intermediate writes the browser's pid (native-endian `i32`) to `pid_pipe` before it
+/// exits: std only ever learns the intermediate's pid, and that is not the process a log line
+/// or the sidecar should be pointed at. `pid_pipe` must be close-on-exec.
+pub fn detach(cmd: &mut Command, pid_pipe: i32) {
+    // SAFETY: fork, write, _exit, setsid and close_range are async-signal-safe system calls;
+    // nothing is allocated (the pid is written from a stack array). The intermediate exits
+    // without running any Rust code; std's exec-error pipe is close-on-exec, so the parent still
+    // learns whether the grandchild's exec succeeded.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             match libc::fork() {
                 -1 => return Err(io::Error::last_os_error()),
                 0 => {}
-                _ => libc::_exit(0),
+                browser => {
+                    let bytes = browser.to_ne_bytes();
+                    // A pipe write this small is atomic; should it fail, the parent falls back
+                    // to the intermediate's pid.
+                    libc::write(pid_pipe, bytes.as_ptr().cast(), bytes.len());
+                    libc::_exit(0)
+                }
             }
             rustix::process::setsid()?;
             cloexec_inherited();
@@ -96,5 +114,29 @@ fn cloexec_inherited() {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When the runner is gone before the browser starts, spawn fails with ESRCH ("No such
+    /// process"), built without allocating after fork. Before the fix the closure allocated an
+    /// `io::Error::other`, which std reports as EINVAL ("Invalid argument").
+    // See: issue 14, item 6.
+    #[test]
+    fn a_child_whose_parent_is_gone_fails_with_esrch() {
+        let mut cmd = Command::new("/bin/true");
+        // Any pid but ours stands for "the runner that spawned this has died".
+        let not_my_parent = Pid::from_raw(i32::MAX).expect("a pid");
+        tie_to(&mut cmd, not_my_parent);
+        let err = cmd.spawn().expect_err("the pre_exec check refuses");
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
+
+        let mut ok = Command::new("/bin/true");
+        tie_to_parent(&mut ok);
+        let status = ok.spawn().expect("spawn").wait().expect("wait");
+        assert!(status.success());
     }
 }

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::kill;
 use crate::launcher::{LaunchHandle, Mode, Owned};
-use crate::proc::{Procfs, Stat};
+use crate::proc::{Procfs, Scan, ScanError, Stat};
 
 pub mod pipe;
 
@@ -114,15 +114,43 @@ impl Spec {
 /// ("Socket path too long"). The run checks its directory against this at start.
 pub const MAX_TMPDIR_LEN: usize = 107 - 46;
 
-/// The longest TMPDIR a browser of this run will get: `<run dir>/b<id>/t` with ids up to 99999,
-/// and with the `abandon` fault `<run dir>.abandoned-<n>/t`.
-pub fn longest_tmpdir(run_dir: &Path, abandon: bool) -> usize {
-    let suffix = if abandon {
-        ".abandoned-99999/t".len()
-    } else {
-        "/b99999/t".len()
-    };
-    run_dir.as_os_str().len() + suffix
+/// The largest browser id the start-up check provides for. Ids grow for the whole life of a
+/// run or a service (one per launch, never reused); ten digits last 30 years at ten launches a
+/// second. A launch past it is refused by [`check_tmpdir`] rather than started to die.
+pub const MAX_BROWSER_ID: u64 = 9_999_999_999;
+
+/// Decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// The longest TMPDIR a browser of this run will get: `<run dir>/b<id>/t` with ids up to
+/// [`MAX_BROWSER_ID`], and, when the `abandon` fault may hit sessions up to index
+/// `abandon_max`, `<run dir>.abandoned-<index>/t`.
+pub fn longest_tmpdir(run_dir: &Path, abandon_max: Option<u64>) -> usize {
+    let pooled = "/b".len() + digits(MAX_BROWSER_ID) + "/t".len();
+    let abandoned = abandon_max.map_or(0, |n| ".abandoned-".len() + digits(n) + "/t".len());
+    run_dir.as_os_str().len() + pooled.max(abandoned)
+}
+
+/// Refuse a browser TMPDIR too long for Chromium's unix sockets (see [`MAX_TMPDIR_LEN`]):
+/// started, the browser would die at once ("Socket path too long").
+pub fn check_tmpdir(tmp: &Path) -> Result<(), TmpdirTooLong> {
+    let len = tmp.as_os_str().len();
+    if len > MAX_TMPDIR_LEN {
+        return Err(TmpdirTooLong {
+            path: tmp.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("browser temp directory {} is {len} bytes; Chromium's unix socket paths allow {max} there: use a shorter --run-dir", .path.display(), max = MAX_TMPDIR_LEN)]
+pub struct TmpdirTooLong {
+    pub path: PathBuf,
+    pub len: usize,
 }
 
 /// Everything a browser needs from the run.
@@ -166,11 +194,17 @@ pub struct CloseReport {
     pub dir_left: bool,
     /// Processes that needed a signal (exited only after SIGTERM/SIGKILL).
     pub signalled: usize,
+    /// Verification could not read all of `/proc` (EMFILE, …) until its deadline: why. Nothing
+    /// proves this close clean, so [`CloseReport::leaks`] counts it as one.
+    pub unverified: Option<String>,
 }
 
 impl CloseReport {
+    /// Leaked processes, a directory left, and a verification that could not run (one each).
     pub fn leaks(&self) -> u64 {
-        self.leaked_processes.len() as u64 + u64::from(self.dir_left)
+        self.leaked_processes.len() as u64
+            + u64::from(self.dir_left)
+            + u64::from(self.unverified.is_some())
     }
 }
 
@@ -187,6 +221,7 @@ impl Browser {
         let profile = dir.join("p");
         let tmp = dir.join("t");
         let config = dir.join("c");
+        check_tmpdir(&tmp)?;
         for d in [&profile, &tmp, &config] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -421,11 +456,11 @@ pub(crate) async fn destroy(
     // Never 0 or 1: inside a PID namespace a group led from outside reads as 0.
     let pgid = (pid > 1).then_some(pid);
 
-    // Everything else of this browser: group members and processes naming its directory.
-    let procfs = env.procfs.clone();
-    let n = needle.clone();
-    let stragglers: Vec<Stat> = blocking(move || procfs.find(pgid, &n, me).unwrap_or_default())
+    // Everything else of this browser: group members and processes naming its directory. An
+    // incomplete scan still yields what it read; verification below decides.
+    let stragglers: Vec<Stat> = scan(&env.procfs, pgid, &needle, me)
         .await
+        .found
         .into_iter()
         .filter(|s| s.state != 'Z')
         .collect();
@@ -449,23 +484,24 @@ pub(crate) async fn destroy(
         "stragglers handled; verifying"
     );
 
-    // Verify: nothing of this browser may be left but zombies on their way to a reaper.
+    // Verify: nothing of this browser may be left but zombies on their way to a reaper. A scan
+    // that could not read all of /proc is no proof (under EMFILE it would find nothing): it is
+    // retried until the deadline, then reported unverified — never clean.
     let deadline = Instant::now() + spec.verify_deadline;
     loop {
         crate::reaper::reap_pass(&env.procfs, &env.owned);
-        let procfs = env.procfs.clone();
-        let n = needle.clone();
-        let left: Vec<Stat> = blocking(move || procfs.find(pgid, &n, me).unwrap_or_default())
-            .await
-            .into_iter()
-            .filter(|s| s.state != 'Z')
-            .collect();
-        if left.is_empty() {
+        let found = scan(&env.procfs, pgid, &needle, me).await;
+        let left: Vec<Stat> = found.found.into_iter().filter(|s| s.state != 'Z').collect();
+        if left.is_empty() && found.unverified.is_none() {
             break;
         }
         if Instant::now() >= deadline {
             for s in &left {
                 tracing::error!(pid = s.pid, comm = %s.comm, state = %s.state, dir = %dir.display(), "cleanup leak: process survived SIGKILL");
+            }
+            if let Some(e) = found.unverified {
+                tracing::error!(dir = %dir.display(), error = %e, "cleanup unverified: /proc could not be read, so nothing proves this browser gone");
+                report.unverified = Some(e.to_string());
             }
             report.leaked_processes = left;
             break;
@@ -478,6 +514,21 @@ pub(crate) async fn destroy(
         report.dir_left = true;
     }
     report
+}
+
+/// [`Procfs::find`] off the async threads. A scan whose thread died is an unverified one.
+async fn scan(procfs: &Procfs, pgid: Option<i32>, needle: &[u8], me: i32) -> Scan {
+    let p = procfs.clone();
+    let needle = needle.to_vec();
+    tokio::task::spawn_blocking(move || p.find(pgid, &needle, me))
+        .await
+        .unwrap_or_else(|e| Scan {
+            found: Vec::new(),
+            unverified: Some(ScanError::List {
+                root: procfs.root().to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        })
 }
 
 /// `<dir>/` as bytes: matches `--user-data-dir=<dir>/profile` and crashpad's
@@ -512,10 +563,6 @@ async fn blocking_io(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-}
-
-async fn blocking<T: Send + Default + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap_or_default()
 }
 
 pub(crate) fn stderr_tail(dir: &Path) -> String {
@@ -575,4 +622,107 @@ async fn connect(
         }
     });
     Ok(browser)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launcher::Launcher;
+
+    /// Verification that cannot read `/proc` (here a fixture with an unreadable process; in
+    /// production EMFILE) must not pass for "nothing left". Before the fix the scan's error
+    /// read as an empty list and this close reported 0 leaks.
+    // See: issue 14, item 2.
+    #[tokio::test]
+    async fn a_close_whose_verification_cannot_read_proc_is_not_clean() {
+        let fake_proc = crate::proc::fixture_with_unreadable();
+        let owned = Owned::default();
+        let launcher = Launcher::start(owned.clone()).expect("launcher");
+        let env = Env {
+            launcher: launcher.handle().expect("handle"),
+            owned,
+            procfs: Procfs::new(fake_proc.path()),
+            tasks: TaskTracker::new(),
+        };
+        let mut spec = Spec::new(PathBuf::from("/nonexistent/chromium"));
+        spec.verify_deadline = Duration::from_millis(200);
+        let browser_dir = tempfile::tempdir().expect("tempdir");
+        let dir = browser_dir.path().join("b1");
+        std::fs::create_dir(&dir).expect("mkdir");
+        // No pidfd, and a pid (hence process group) that no fixture process has: nothing is
+        // signalled; only the scans run, against the fixture.
+        let report = destroy(4_000_000, 0, None, &dir, &spec, &env, false).await;
+        assert!(
+            report.leaks() >= 1,
+            "an unverified close counts as a leak: {report:?}"
+        );
+        let why = report.unverified.as_deref().unwrap_or_default();
+        assert!(why.contains("could not be read"), "{report:?}");
+        assert!(report.leaked_processes.is_empty(), "{report:?}");
+        assert!(!dir.exists(), "the directory is still removed");
+        drop(env);
+        launcher.join();
+    }
+
+    /// A run directory exactly as long as the start-up check allows.
+    fn longest_allowed_run_dir(abandon_max: Option<u64>) -> PathBuf {
+        let budget = MAX_TMPDIR_LEN - longest_tmpdir(Path::new(""), abandon_max);
+        PathBuf::from(format!("/{}", "r".repeat(budget - 1)))
+    }
+
+    /// Browser ids grow for the life of a run (a service launches one per session): every id
+    /// up to [`MAX_BROWSER_ID`] must fit the socket path limit in a run directory the start-up
+    /// check accepted. Before the fix the check assumed ids ≤ 99999, so from browser 100000
+    /// on, in a run directory at the limit, every browser died at start.
+    // See: issue 14, item 11.
+    #[test]
+    fn every_browser_id_fits_a_run_dir_the_start_check_accepts() {
+        let run_dir = longest_allowed_run_dir(None);
+        assert_eq!(longest_tmpdir(&run_dir, None), MAX_TMPDIR_LEN);
+        for id in [1, 99_999, 100_000, 123_456_789, MAX_BROWSER_ID] {
+            let tmp = run_dir.join(format!("b{id}")).join("t");
+            assert!(
+                tmp.as_os_str().len() <= MAX_TMPDIR_LEN,
+                "browser {id}: {} bytes",
+                tmp.as_os_str().len()
+            );
+            assert!(check_tmpdir(&tmp).is_ok());
+        }
+        // Past the bound a launch is refused, not started to die.
+        let tmp = run_dir
+            .join(format!("b{}", u128::from(MAX_BROWSER_ID) * 10))
+            .join("t");
+        let e = check_tmpdir(&tmp).unwrap_err();
+        assert!(e.to_string().contains("shorter --run-dir"), "{e}");
+
+        // The `abandon` fault's directories are named after the session index.
+        let run_dir = longest_allowed_run_dir(Some(123_456));
+        let tmp = PathBuf::from(format!("{}.abandoned-123456/t", run_dir.display()));
+        assert!(check_tmpdir(&tmp).is_ok());
+        let tmp = run_dir.join(format!("b{MAX_BROWSER_ID}")).join("t");
+        assert!(check_tmpdir(&tmp).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_launch_with_a_too_long_tmpdir_is_refused_before_spawning() {
+        let owned = Owned::default();
+        let launcher = Launcher::start(owned.clone()).expect("launcher");
+        let env = Env {
+            launcher: launcher.handle().expect("handle"),
+            owned,
+            procfs: Procfs::default(),
+            tasks: TaskTracker::new(),
+        };
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("x".repeat(MAX_TMPDIR_LEN)).join("b1");
+        let spec = Spec::new(PathBuf::from("/nonexistent/chromium"));
+        let e = match Browser::launch(1, dir.clone(), &spec, &env, Mode::Owned).await {
+            Ok(_) => panic!("launched"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("shorter --run-dir"), "{e}");
+        assert!(!dir.exists(), "nothing created");
+        drop(env);
+        launcher.join();
+    }
 }

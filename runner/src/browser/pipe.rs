@@ -51,6 +51,8 @@ pub enum PipeError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    #[error(transparent)]
+    Tmpdir(#[from] super::TmpdirTooLong),
     #[error("preparing {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
     #[error("creating the CDP pipes: {0}")]
@@ -212,6 +214,7 @@ impl PipeBrowser {
         let tmp = dir.join("t");
         let config = dir.join("c");
         let downloads = dir.join("d");
+        super::check_tmpdir(&tmp)?;
         for d in [&profile, &tmp, &config, &downloads] {
             std::fs::create_dir_all(d).map_err(|source| LaunchError::Dir {
                 path: d.clone(),

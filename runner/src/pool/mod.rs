@@ -101,6 +101,8 @@ pub struct PoolStats {
     pub processes_signalled: u64,
     pub leaked_processes: u64,
     pub dirs_left: u64,
+    /// Closes whose verification could not read /proc (each also a leak).
+    pub unverified: u64,
 }
 
 pub struct Pool {
@@ -733,6 +735,7 @@ impl Pool {
             s.processes_signalled += report.signalled as u64;
             s.leaked_processes += report.leaked_processes.len() as u64;
             s.dirs_left += u64::from(report.dir_left);
+            s.unverified += u64::from(report.unverified.is_some());
             drop(s);
             pool.changed.notify_waiters();
         });
@@ -747,6 +750,9 @@ impl Pool {
             .observe(started.elapsed().as_secs_f64());
         if report.leaks() > 0 {
             self.metrics.cleanup_leaks.inc_by(report.leaks());
+        }
+        if report.unverified.is_some() {
+            self.metrics.cleanup_unverified.inc();
         }
         tracing::debug!(
             browser = id,

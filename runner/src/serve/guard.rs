@@ -80,19 +80,20 @@ pub fn run(dir: PathBuf) -> u8 {
     let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
     needle.push(b'/');
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    let alive = || -> Vec<crate::proc::Stat> {
-        procfs
-            .find(None, &needle, me)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| s.state != 'Z')
-            .collect()
+    // A scan that could not read all of /proc proves nothing: keep waiting, and in the end
+    // leave the directory to the next start or the sidecar rather than remove it under a
+    // process that may still use it.
+    let alive = || -> (Vec<crate::proc::Stat>, Option<crate::proc::ScanError>) {
+        let scan = procfs.find(None, &needle, me);
+        let left = scan.found.into_iter().filter(|s| s.state != 'Z').collect();
+        (left, scan.unverified)
     };
     let t = Instant::now();
-    while !alive().is_empty() && t.elapsed() < GRACE {
+    let (mut left, mut unverified) = alive();
+    while (!left.is_empty() || unverified.is_some()) && t.elapsed() < GRACE {
         std::thread::sleep(Duration::from_millis(50));
+        (left, unverified) = alive();
     }
-    let left = alive();
     if !left.is_empty() {
         eprintln!(
             "lw-run-guard: {} process(es) still name {} {:?} after the service died; terminating",
@@ -111,6 +112,13 @@ pub fn run(dir: PathBuf) -> u8 {
                 Duration::from_secs(2),
             ));
         }
+    }
+    if let Some(e) = unverified {
+        eprintln!(
+            "lw-run-guard: cannot verify that no process still names {} ({e}); leaving it to the next start or the sidecar",
+            dir.display()
+        );
+        return 1;
     }
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {

@@ -51,9 +51,6 @@ use gate::Gate;
 use metrics::ServiceMetrics;
 use session::Limits;
 
-/// How long the HTTP front end and helpers get to stop at exit.
-const SERVICE_STOP_GRACE: Duration = Duration::from_secs(3);
-
 /// A session as `/sessions` lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SessionInfo {
@@ -100,7 +97,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<Report> {
     let procfs = Procfs::default();
-    let (run_dir, _) = crate::prepare_run_dir(&cfg.run_root, &procfs, &metrics, false)?;
+    let (run_dir, _) = crate::prepare_run_dir(&cfg.run_root, &procfs, &metrics, None)?;
     let run_path = run_dir.path().to_path_buf();
     let run_guard = match guard::spawn(&run_path) {
         Ok(g) => Some(g),
@@ -114,21 +111,42 @@ pub async fn serve(
     let launcher = Launcher::start(owned.clone()).context("starting the launcher thread")?;
     let launch_handle = launcher.handle().context("launcher thread has no handle")?;
 
-    let services = TaskTracker::new();
-    let stop_services = CancellationToken::new();
-    let reaper_stop = CancellationToken::new();
-    services.spawn(reaper::run(
+    // From here on every exit stops the helper tasks and waits for them (the run directory
+    // removes itself when dropped). Everything that can fail on the outside world (ports,
+    // directories) comes before the first browser is launched.
+    let services = crate::Services::new();
+    services.tasks.spawn(reaper::run(
         procfs.clone(),
         owned.clone(),
-        reaper_stop.clone(),
+        services.reaper_stop.clone(),
     ));
-    let site_addr = site::start(cfg.site_port, &services, stop_services.clone())
-        .await
-        .context("starting the embedded site")?;
-    let listener = leakwarden_core::http::bind(cfg.listen)
-        .await
-        .with_context(|| format!("--listen {}", cfg.listen))?;
-    let local = listener.local_addr().context("--listen: local address")?;
+    let setup = async {
+        let site_addr = site::start(cfg.site_port, &services.tasks, services.stop.clone())
+            .await
+            .context("starting the embedded site")?;
+        let listener = leakwarden_core::http::bind(cfg.listen)
+            .await
+            .with_context(|| format!("--listen {}", cfg.listen))?;
+        let local = listener.local_addr().context("--listen: local address")?;
+        let smetrics = ServiceMetrics::register(&metrics.registry)?;
+        let artifacts = match &cfg.artifacts {
+            Some(d) => d.clone(),
+            None => run_path.join("artifacts"),
+        };
+        std::fs::create_dir_all(&artifacts)
+            .with_context(|| format!("--artifacts {}", artifacts.display()))?;
+        if let Some(d) = &cfg.state_dir {
+            std::fs::create_dir_all(d).with_context(|| format!("--state-dir {}", d.display()))?;
+        }
+        anyhow::Ok((site_addr, listener, local, smetrics, artifacts))
+    };
+    let (site_addr, listener, local, smetrics, artifacts) = match setup.await {
+        Ok(v) => v,
+        Err(e) => {
+            services.stop().await;
+            return Err(e);
+        }
+    };
 
     let mut spec = Spec::new(cfg.chromium.clone());
     spec.extra_args = cfg.chromium_args.clone();
@@ -155,7 +173,6 @@ pub async fn serve(
         run_path.clone(),
         metrics.clone(),
     );
-    let smetrics = ServiceMetrics::register(&metrics.registry)?;
     smetrics.max_sessions.set(cfg.max_sessions as i64);
     smetrics.max_queue.set(cfg.queue as i64);
     let limits = Limits {
@@ -164,15 +181,6 @@ pub async fn serve(
         write_timeout: cfg.write_timeout,
         max_message_size: cfg.max_message_size,
     };
-    let artifacts = match &cfg.artifacts {
-        Some(d) => d.clone(),
-        None => run_path.join("artifacts"),
-    };
-    std::fs::create_dir_all(&artifacts)
-        .with_context(|| format!("--artifacts {}", artifacts.display()))?;
-    if let Some(d) = &cfg.state_dir {
-        std::fs::create_dir_all(d).with_context(|| format!("--state-dir {}", d.display()))?;
-    }
     let jobs = Arc::new(jobs::Jobs::new(
         crate::exec::JobEnv {
             launcher: launch_handle.clone(),
@@ -208,7 +216,12 @@ pub async fn serve(
         limits,
         jobs: jobs.clone(),
     });
-    http::start(listener, svc.clone(), &services, stop_services.clone());
+    http::start(
+        listener,
+        svc.clone(),
+        &services.tasks,
+        services.stop.clone(),
+    );
     tracing::info!(
         endpoint = %format!("ws://{local}/devtools/browser"),
         discovery = %format!("http://{local}/json/version"),
@@ -255,7 +268,7 @@ pub async fn serve(
     {
         tracing::warn!("browser tasks still running after cleanup");
     }
-    let extra = crate::sweep_run_dir(&procfs, &run_path, &spec).await;
+    let extra = crate::sweep_run_dir(&procfs, &run_path, &spec, &metrics).await;
     if extra > 0 {
         metrics.cleanup_leaks.inc_by(extra);
     }
@@ -269,15 +282,7 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || launcher.join())
         .await
         .ok();
-    reaper_stop.cancel();
-    stop_services.cancel();
-    services.close();
-    if tokio::time::timeout(SERVICE_STOP_GRACE, services.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP front end did not stop in time");
-    }
+    services.stop().await;
     let leaks = metrics.cleanup_leaks.get();
     tracing::info!(leaks, "service stopped");
     Ok(Report { leaks })

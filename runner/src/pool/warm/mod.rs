@@ -404,6 +404,9 @@ impl WarmPool {
         if report.leaks() > 0 {
             self.metrics.cleanup_leaks.inc_by(report.leaks());
         }
+        if report.unverified.is_some() {
+            self.metrics.cleanup_unverified.inc();
+        }
         self.metrics.active_browsers.dec();
         tracing::debug!(
             browser = id,
