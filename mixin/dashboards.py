@@ -286,8 +286,9 @@ def runner(cfg):
     d.ts("Browsers launched", "Browsers launched per second (leakwarden_runner_browsers_launched_total) and failed launches (leakwarden_runner_launch_failures_total).",
          [(f"sum(rate(leakwarden_runner_browsers_launched_total{{{S}}}[$__rate_interval]))", "launched"),
           (f"sum(rate(leakwarden_runner_launch_failures_total{{{S}}}[$__rate_interval]))", "launch failures")], "ops")
-    d.ts("Cleanup leaks and stale run directories", "Leftovers found by the runner's cleanup verification, and profile directories of earlier, dead runs removed at start (leakwarden_runner_stale_run_dirs_removed_total), per interval.",
+    d.ts("Cleanup leaks and stale run directories", "Leftovers found by the runner's cleanup verification, cleanups it could not verify (leakwarden_runner_cleanup_unverified_total: a /proc it could not read, EMFILE say; each is also counted as a leak), and profile directories of earlier, dead runs removed at start (leakwarden_runner_stale_run_dirs_removed_total), per interval.",
          [(f"sum(increase(leakwarden_runner_cleanup_leaks_total{{{S}}}[$__rate_interval]))", "cleanup leaks"),
+          (f"sum(increase(leakwarden_runner_cleanup_unverified_total{{{S}}}[$__rate_interval]))", "unverified cleanups"),
           (f"sum(increase(leakwarden_runner_stale_run_dirs_removed_total{{{S}}}[$__rate_interval]))", "stale run dirs removed")], "short", w=8)
     d.ts("Circuit state", "Launch circuit breaker over time (0 closed, 1 half-open, 2 open).",
          [(f"max by (instance) (leakwarden_runner_circuit_state{{{S}}})", "{{instance}}")], "none", mappings=CIRCUIT, w=8)
