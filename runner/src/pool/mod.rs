@@ -78,9 +78,24 @@ impl Slot {
     }
 }
 
+/// One admitted launch's promise, withdrawn when the launch ends (or its future is dropped).
+struct Admitted<'a>(&'a Pool);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.admitted = st.admitted.saturating_sub(1);
+    }
+}
+
 struct State {
     slots: Vec<Slot>,
     launching: usize,
+    /// Launches past memory admission and not yet a slot: their reserve is promised. (A launch
+    /// still waiting for admission promises nothing: counting those let 13 waiting launches
+    /// promise more than the host has, so no session on the running browsers fitted and every
+    /// one of them waited until its deadline — the concurrency-crash replay.)
+    admitted: usize,
     breaker: Breaker,
     /// One per target of the job (by its index in `targets`), opening when sessions on that
     /// target keep failing: new sessions for it wait, a half-open trial session tests it, a
@@ -241,6 +256,7 @@ impl Pool {
             state: Mutex::new(State {
                 slots: Vec::new(),
                 launching: 0,
+                admitted: 0,
                 breaker,
                 targets: HashMap::new(),
                 headroom,
@@ -477,14 +493,14 @@ impl Pool {
         admission::fits(headroom, self.unmaterialized(st), after - before)
     }
 
-    /// Memory promised to every browser (launching ones included) and not yet in use.
+    /// Memory promised to every browser (admitted launches included) and not yet in use.
     fn unmaterialized(&self, st: &State) -> u64 {
         let reserve = self.cfg.memory_reserve;
         admission::unmaterialized(
             st.slots
                 .iter()
                 .map(|s| (admission::promised(reserve, s.active), s.rss)),
-        ) + st.launching as u64 * reserve
+        ) + st.admitted as u64 * reserve
     }
 
     /// Give a browser back. `healthy: false` retires it (closed once its other sessions end).
@@ -641,51 +657,58 @@ impl Pool {
             }
         };
         // Memory admission: what is promised to the other browsers and not in use yet, plus one
-        // reserve, must fit in the headroom measured now.
+        // reserve, must fit in the headroom measured now. Checked and promised under one lock,
+        // so launches waiting together are admitted one at a time.
         let mut rejected = false;
         loop {
             if self.drain.is_cancelled() {
                 give_up();
                 return None;
             }
-            let (pending, others) = {
-                let st = self.lock();
-                (
-                    self.unmaterialized(&st)
-                        .saturating_sub(self.cfg.memory_reserve),
-                    st.slots.len() + st.launching.saturating_sub(1),
-                )
-            };
             let procfs = self.env.procfs.clone();
             let headroom = tokio::task::spawn_blocking(move || admission::headroom(&procfs))
                 .await
                 .ok()
                 .flatten();
-            self.lock().headroom = headroom;
-            // The first browser always may start.
-            match headroom {
-                Some(h) if others > 0 && !admission::fits(h, pending, self.cfg.memory_reserve) => {
-                    if !rejected {
-                        rejected = true;
-                        self.metrics.admission_rejections_memory.inc();
-                        tracing::warn!(
-                            available_mib = h >> 20,
-                            promised_mib = pending >> 20,
-                            reserve_mib = self.cfg.memory_reserve >> 20,
-                            "not enough memory for another browser; waiting"
-                        );
+            let refused = {
+                let mut st = self.lock();
+                st.headroom = headroom;
+                let pending = self.unmaterialized(&st);
+                // The first browser always may start.
+                let first = st.slots.is_empty() && st.admitted == 0;
+                match headroom {
+                    Some(h) if !first && !admission::fits(h, pending, self.cfg.memory_reserve) => {
+                        Some((h, pending))
                     }
-                    if !self.pause(Duration::from_secs(1)).await {
-                        give_up();
-                        return None;
+                    _ => {
+                        st.admitted += 1;
+                        None
                     }
                 }
-                _ => break,
+            };
+            let Some((h, pending)) = refused else { break };
+            if !rejected {
+                rejected = true;
+                self.metrics.admission_rejections_memory.inc();
+                tracing::warn!(
+                    available_mib = h >> 20,
+                    promised_mib = pending >> 20,
+                    reserve_mib = self.cfg.memory_reserve >> 20,
+                    "not enough memory for another browser; waiting"
+                );
+            }
+            if !self.pause(Duration::from_secs(1)).await {
+                give_up();
+                return None;
             }
         }
+        // Promised above (no await since): withdrawn when the launch ends.
+        let admitted = Admitted(self);
         let started = Instant::now();
         let dir = self.run_dir.join(format!("b{id}"));
-        match Browser::launch(id, dir, &self.spec, &self.env, Mode::Owned).await {
+        let launched = Browser::launch(id, dir, &self.spec, &self.env, Mode::Owned).await;
+        drop(admitted);
+        match launched {
             Ok(b) => {
                 self.lock().breaker.success();
                 self.metrics
