@@ -20,8 +20,14 @@ CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 MAX_AGE=${MAX_AGE:-25s}
 SESSIONS=${SESSIONS:-4}
 
-cat >"$W/policy.yaml" <<YAML
-rules:
+# policy_yaml [with-max-age] — the daemon's policy. The max-browser-age rule is only put in force
+# (a policy reload) once the pile-up has been shown: a rule that kills by age would otherwise race
+# the two bot runs — on a slow host run 2 ends after run 1's trees reached MAX_AGE, they are killed
+# and the orphan count does not rise.
+policy_yaml() {
+  echo "rules:"
+  if [[ ${1:-} == with-max-age ]]; then
+    cat <<YAML
   # Production: 5m. No headless session of ours lives that long (the runner recycles at 10s here).
   - name: max-browser-age
     family: [chromium, chromedriver, crashpad]
@@ -29,6 +35,9 @@ rules:
       age: $MAX_AGE
     action: kill-tree
     grace: 2s
+YAML
+  fi
+  cat <<YAML
   # Orphans are only reported by the daemon here, so the replay can show them pile up.
   - name: orphaned-browser-tree
     family: [chromium, chromedriver, crashpad]
@@ -39,6 +48,8 @@ stale_profiles:
   roots: ['$W']
   older_than: 1s
 YAML
+}
+policy_yaml >"$W/policy.yaml"
 cat >"$W/cleanup-policy.yaml" <<YAML
 rules:
   - name: orphaned-browser-tree
@@ -180,6 +191,10 @@ if [[ -n $PROM_PID ]]; then
 fi
 
 banner "max browser age ($MAX_AGE here, 5m in production): the oldest trees are killed"
+policy_yaml with-max-age >"$W/policy.yaml.new" && mv "$W/policy.yaml.new" "$W/policy.yaml"
+_reloaded() { metric_cmp leakwarden_policy_reloads_total '>=' 1 'outcome="success"'; }
+wait_until "the policy with the max-browser-age rule to be loaded" 30 _reloaded
+say "policy reloaded: max-browser-age ($MAX_AGE) in force"
 _aged() { metric_cmp leakwarden_kills_total '>=' 1 'rule="max-browser-age"'; }
 wait_until "the max-browser-age rule to kill the oldest tree" 60 _aged
 mark age_kill
