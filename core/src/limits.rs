@@ -58,6 +58,31 @@ pub fn budget(fraction: f64, min: usize, max: usize) -> usize {
     n.clamp(min, max.max(min))
 }
 
+/// Test support (both programs' EMFILE tests): lower the soft `RLIMIT_NOFILE` to `headroom`
+/// above the descriptors open now, then open `/dev/null` until `EMFILE`. The process is out of
+/// descriptors while the returned files live. Panics on anything but `EMFILE`: for tests only.
+#[doc(hidden)]
+pub fn exhaust_descriptors(headroom: u64) -> Vec<std::fs::File> {
+    let open_now = std::fs::read_dir("/proc/self/fd").expect("fd dir").count() as u64;
+    let lim = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(open_now + headroom),
+            maximum: lim.maximum,
+        },
+    )
+    .expect("lower RLIMIT_NOFILE");
+    let mut fillers = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => fillers.push(f),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => return fillers,
+            Err(e) => panic!("filling descriptors: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

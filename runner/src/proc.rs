@@ -328,30 +328,12 @@ mod tests {
     /// an ordinary test.
     #[test]
     fn emfile_child() {
-        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
         if std::env::var_os(EMFILE_CHILD).is_none() {
             return;
         }
         let p = Procfs::default();
         let me = std::process::id() as i32;
-        let open_now = std::fs::read_dir("/proc/self/fd").expect("fd dir").count() as u64;
-        let lim = getrlimit(Resource::Nofile);
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(open_now + 8),
-                maximum: lim.maximum,
-            },
-        )
-        .expect("lower RLIMIT_NOFILE");
-        let mut fillers = Vec::new();
-        loop {
-            match std::fs::File::open("/dev/null") {
-                Ok(f) => fillers.push(f),
-                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
-                Err(e) => panic!("filling descriptors: {e}"),
-            }
-        }
+        let fillers = leakwarden_core::limits::exhaust_descriptors(8);
         let scan = p.find(None, b"/no-such-browser-dir/", me);
         let (_, cmdlines_err) = p.cmdlines(me);
         drop(fillers);

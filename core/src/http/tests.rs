@@ -514,7 +514,6 @@ fn accept_backs_off_when_out_of_descriptors() {
 /// an ordinary test.
 #[test]
 fn emfile_child() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     if std::env::var_os(EMFILE_CHILD).is_none() {
         return;
     }
@@ -525,24 +524,7 @@ fn emfile_child() {
         .expect("runtime");
     let (addr, stats, stop, server) = rt.block_on(start(cfg(16)));
     // Room for a few more descriptors than now, then fill them: the next accept gets EMFILE.
-    let open_now = std::fs::read_dir("/proc/self/fd").expect("fd dir").count() as u64;
-    let lim = getrlimit(Resource::Nofile);
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(open_now + 16),
-            maximum: lim.maximum,
-        },
-    )
-    .expect("lower RLIMIT_NOFILE");
-    let mut fillers = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => fillers.push(f),
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
-            Err(e) => panic!("filling descriptors: {e}"),
-        }
-    }
+    let fillers = crate::limits::exhaust_descriptors(16);
     println!("lw-emfile-full {addr}");
     // The parent connects now; count what the loop does with no descriptor to accept into.
     let wait_for_first_error = Instant::now();
