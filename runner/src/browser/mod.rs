@@ -36,7 +36,8 @@ use crate::proc::{Procfs, Scan, ScanError, Stat};
 pub mod pipe;
 
 /// Flags for every browser. Headless as root needs `--no-sandbox`; the rest cut work a runner
-/// never needs (background networking, component updates, sync, first-run UI, GPU).
+/// never needs (background networking, component updates, sync, first-run UI, GPU). The features
+/// turned off are in [`DISABLED_FEATURES`]; [`flags`] puts them and a user's own together.
 ///
 /// Not used, though commonly recommended: `--disable-crashpad-for-testing`. On this machine's
 /// Chromium 156 it makes the network service crash in a loop ("Crashing due to FD ownership
@@ -53,22 +54,81 @@ pub const BASE_FLAGS: &[&str] = &[
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--disable-extensions",
+    "--disable-component-extensions-with-background-pages",
     "--disable-default-apps",
     "--disable-breakpad",
     "--disable-client-side-phishing-detection",
     "--disable-hang-monitor",
+    "--disable-ipc-flooding-protection",
+    "--disable-field-trial-config",
     "--disable-popup-blocking",
     "--disable-prompt-on-repost",
     "--disable-background-timer-throttling",
     "--disable-backgrounding-occluded-windows",
     "--disable-renderer-backgrounding",
+    "--no-service-autorun",
+    "--no-pings",
     "--metrics-recording-only",
     "--password-store=basic",
     "--use-mock-keychain",
     "--mute-audio",
     "--hide-scrollbars",
-    "--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,InterestFeedContentSuggestions,CertificateTransparencyComponentUpdater,AutofillServerCommunication",
 ];
+
+/// Chromium features every browser runs without (`--disable-features`).
+///
+/// `WebUIOmniboxPopup` and `WebUIOmniboxAimPopup` matter most: with them, Chromium 156 gives
+/// every browser context two `browser_ui` targets (`chrome://omnibox-popup.top-chrome/…`) in a
+/// WebUI renderer process of their own — an address-bar popup nobody can see in headless mode,
+/// started once per session, since a session is a context. Without them a session's context
+/// has one renderer, not two: the bench's cell CPU per session fell from 0.96–1.21 s to
+/// 0.51–0.67 s (BENCHMARKS.md, "Runner vs peers"). The rest: no back/forward cache (a session
+/// never goes back; a cached page keeps its renderer busy), no paint holding, no HTTPS upgrade of
+/// the `http://` URLs a job names, no translate, media router, optimisation hints, feeds,
+/// component updaters or autofill requests.
+pub const DISABLED_FEATURES: &[&str] = &[
+    "WebUIOmniboxPopup",
+    "WebUIOmniboxAimPopup",
+    "BackForwardCache",
+    "PaintHolding",
+    "HttpsUpgrades",
+    "AcceptCHFrame",
+    "LensOverlay",
+    "Translate",
+    "OptimizationHints",
+    "OptimizationHintsFetching",
+    "OptimizationGuideModelDownloading",
+    "OptimizationTargetPrediction",
+    "MediaRouter",
+    "DialMediaRouteProvider",
+    "InterestFeedContentSuggestions",
+    "CertificateTransparencyComponentUpdater",
+    "AutofillServerCommunication",
+];
+
+/// The command-line flags of a browser: [`BASE_FLAGS`], then the user's (`--chromium-arg`),
+/// with every `--disable-features` list — ours and any of the user's — merged into one.
+/// Chromium reads only the last `--disable-features` it is given: a user's own list would
+/// otherwise silently turn ours back on (the per-context WebUI renderer above among them).
+pub fn flags(extra: &[String]) -> Vec<String> {
+    const DISABLE: &str = "--disable-features=";
+    let mut features: Vec<String> = DISABLED_FEATURES.iter().map(|f| f.to_string()).collect();
+    let mut out: Vec<String> = BASE_FLAGS.iter().map(|f| f.to_string()).collect();
+    for a in extra {
+        match a.strip_prefix(DISABLE) {
+            Some(list) => {
+                for f in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                    if !features.iter().any(|g| g == f) {
+                        features.push(f.to_string());
+                    }
+                }
+            }
+            None => out.push(a.clone()),
+        }
+    }
+    out.push(format!("{DISABLE}{}", features.join(",")));
+    out
+}
 
 /// How to launch and how long each part of closing may take.
 #[derive(Debug, Clone)]
@@ -227,8 +287,7 @@ impl Browser {
         }
         let stderr = std::fs::File::create(dir.join("stderr.log"))?;
         let mut cmd = Command::new(&spec.chromium);
-        cmd.args(BASE_FLAGS)
-            .args(&spec.extra_args)
+        cmd.args(flags(&spec.extra_args))
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("--remote-debugging-port=0")
             .arg("about:blank")
@@ -662,6 +721,41 @@ mod tests {
         assert!(!dir.exists(), "the directory is still removed");
         drop(env);
         launcher.join();
+    }
+
+    /// Chromium reads only the last `--disable-features`: a user's list must not turn ours
+    /// back on, and theirs must still be in force.
+    #[test]
+    fn a_users_disabled_features_are_merged_with_ours() {
+        let f = flags(&[
+            "--disable-features=Foo, Translate,,Bar".into(),
+            "--lang=de".into(),
+            "--disable-features=Baz".into(),
+        ]);
+        let lists: Vec<&String> = f
+            .iter()
+            .filter(|a| a.starts_with("--disable-features"))
+            .collect();
+        assert_eq!(lists.len(), 1, "{f:?}");
+        let list: Vec<&str> = lists[0]
+            .trim_start_matches("--disable-features=")
+            .split(',')
+            .collect();
+        for want in DISABLED_FEATURES
+            .iter()
+            .copied()
+            .chain(["Foo", "Bar", "Baz"])
+        {
+            assert_eq!(
+                list.iter().filter(|g| **g == want).count(),
+                1,
+                "{want}: {list:?}"
+            );
+        }
+        assert!(f.iter().any(|a| a == "--lang=de"));
+        assert!(!f.iter().any(|a| a.trim().is_empty()));
+        // Without user flags: the base flags and our list.
+        assert_eq!(flags(&[]).len(), BASE_FLAGS.len() + 1);
     }
 
     /// A run directory exactly as long as the start-up check allows.
