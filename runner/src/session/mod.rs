@@ -498,7 +498,7 @@ async fn exec(
                 .full_page(s.full_page)
                 .build();
             // The same pixels, compressed with a faster zlib level: a larger file for less of
-            // the browser's CPU (the PNG encode was ~8 % of a bench session's CPU).
+            // the browser's CPU per screenshot.
             params.cdp_params.optimize_for_speed = Some(true);
             let png = page.screenshot(params).await?;
             write_artifact(env, at, n, "png", png).await?;
