@@ -160,7 +160,7 @@ pub async fn run(
     progress_stop.cancel();
     services.stop().await;
 
-    let summary = summary::build(
+    let mut summary = summary::build(
         &job.name,
         &run_path.display().to_string(),
         total,
@@ -173,6 +173,7 @@ pub async fn run(
         run_dir_removed,
         shutdown.intake.is_cancelled(),
     );
+    summary.runner_cpu_seconds = Some(summary::own_cpu_seconds());
     Ok(summary)
 }
 

@@ -102,7 +102,18 @@ pub struct Summary {
     pub faults_injected: BTreeMap<&'static str, u64>,
     pub cleanup: Cleanup,
     pub interrupted: bool,
+    /// `run` only: CPU time of the runner's own process (every thread, not its browsers) from
+    /// its start to this summary — what the runner itself costs beside Chromium. Absent from a
+    /// service job's summary (the service's process is shared by every job and connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner_cpu_seconds: Option<f64>,
     pub records: Vec<SessionRecord>,
+}
+
+/// CPU time of this process so far (`CLOCK_PROCESS_CPUTIME_ID`: all threads; no children).
+pub fn own_cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -193,6 +204,7 @@ pub fn build(
             run_dir_removed,
         },
         interrupted,
+        runner_cpu_seconds: None,
         records,
     }
 }
@@ -211,7 +223,7 @@ impl Summary {
             self.sessions_per_minute,
             if self.interrupted { ", interrupted" } else { "" }
         ));
-        let rows: Vec<(String, String)> = vec![
+        let mut rows: Vec<(String, String)> = vec![
             ("sessions ok".into(), s["ok"].to_string()),
             (
                 "sessions retried (ok after retry)".into(),
@@ -272,6 +284,15 @@ impl Summary {
                 self.cleanup.stale_run_dirs_removed.to_string(),
             ),
         ];
+        if let Some(cpu) = self.runner_cpu_seconds {
+            rows.push((
+                "runner's own CPU".into(),
+                format!(
+                    "{cpu:.2} s ({:.1} ms per session)",
+                    cpu * 1e3 / (self.records.len().max(1) as f64)
+                ),
+            ));
+        }
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (k, v) in rows {
             out.push_str(&format!("  {k:<w$}  {v}\n"));

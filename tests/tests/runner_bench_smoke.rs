@@ -145,6 +145,17 @@ fn browser_bench_job_five_sessions_leave_nothing() {
             .expect("summary parses");
     assert_eq!(summary["sessions"]["ok"], 5, "sessions ok: {summary:#}");
     assert_eq!(summary["cleanup"]["leaks"], 0, "leaks: {summary:#}");
+    // The runner's own CPU (issue 14: ≤ 15 ms per session on the bench): its process only,
+    // not its browsers — so less than the wall time on every core, and more than nothing.
+    let cpu = summary["runner_cpu_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("runner_cpu_seconds: {summary:#}"));
+    let wall = summary["wall_seconds"].as_f64().expect("wall_seconds");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(
+        cpu > 0.0 && cpu < wall * cores,
+        "cpu {cpu} s, wall {wall} s: {summary:#}"
+    );
     let pngs = entries(&out).iter().filter(|n| n.ends_with(".png")).count();
     assert_eq!(pngs, 5, "one PNG per session in {}", out.display());
     assert_eq!(entries(&run), Vec::<String>::new(), "run/profile dirs left");

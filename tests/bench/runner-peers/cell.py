@@ -306,7 +306,8 @@ def main():
         if summ is not None:
             result["runner_summary"] = {k: summ.get(k) for k in
                                         ("sessions", "wall_seconds", "sessions_per_minute", "durations",
-                                         "browsers_launched", "launch_failures", "cleanup")}
+                                         "browsers_launched", "launch_failures", "cleanup",
+                                         "runner_cpu_seconds")}
     else:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and tool.poll() is None:

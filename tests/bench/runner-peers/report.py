@@ -118,19 +118,29 @@ def verdict(rows, kills, cells=None):
                      f"(cgroup) (target ≤ 1.8, judged on the cell's CPU: "
                      f"{'met' if (rr['cell_cpu_s_per_session'] or rr['machine_cpu_s_per_session'] or 9) <= 1.8 else 'NOT met'})")
     if cells:
-        # Paired by repetition: the tools of one repetition ran minutes apart, so a ratio within a
-        # repetition is less exposed to the machine's drifting load than a ratio of medians.
-        reps = {}
-        for c in cells:
-            if c["mode"] == "clean" and c["concurrency"] == 2 and "-r" in c["cell"]:
-                reps.setdefault(c["cell"].rsplit("-r", 1)[1], {})[c["tool"]] = c["sessions_per_min"]
-        ratios = []
-        for rep, by_tool in sorted(reps.items()):
-            peer = max((v for t, v in by_tool.items() if t != "runner"), default=0)
-            if "runner" in by_tool and peer:
-                ratios.append(f"rep {rep}: ×{by_tool['runner'] / peer:.2f}")
-        if ratios:
-            lines.append("- concurrency 2, runner ÷ best peer of the same repetition: " + ", ".join(ratios))
+        # Issue 14's targets, per repetition: the tools of one repetition ran minutes apart, so a
+        # ratio within a repetition is less exposed to the machine's drifting load than a ratio
+        # of medians. CPU bound = 2 cores × 60 s ÷ the cell's CPU per session.
+        for conc in (2, 4):
+            reps = {}
+            for c in cells:
+                if c["mode"] == "clean" and c["concurrency"] == conc and "-r" in c["cell"]:
+                    reps.setdefault(c["cell"].rsplit("-r", 1)[1], {})[c["tool"]] = c
+            parts = []
+            for rep, by_tool in sorted(reps.items()):
+                r = by_tool.get("runner")
+                peer = max((v["sessions_per_min"] for t, v in by_tool.items() if t != "runner"), default=0)
+                if not r or not peer:
+                    continue
+                cpu = r.get("cell_cpu_s_per_session")
+                bound = f", {r['sessions_per_min'] * cpu / 120:.0%} of the CPU bound" if cpu else ""
+                own = (r.get("runner_summary") or {}).get("runner_cpu_seconds")
+                own_s = f", runner's own CPU {own * 1e3 / max(1, r['ok']):.1f} ms/session" if own is not None else ""
+                parts.append(f"rep {rep}: ×{r['sessions_per_min'] / peer:.2f}, cell CPU {fmt(cpu, 2)} s/session{bound}{own_s}")
+            if parts:
+                lines.append(f"- concurrency {conc}, runner ÷ best peer of the same repetition (target ≥ ×1.4; cell CPU "
+                             "≤ 0.65 s/session; ≥ 95 % of the CPU bound; runner's own CPU ≤ 15 ms/session): "
+                             + "; ".join(parts))
     runner_rows = [r for r in rows if r["tool"] == "runner"]
     if runner_rows:
         a = max(max(r["left_3s_procs"], r["left_3s_dirs"], r["left_at_exit_procs"], r["left_at_exit_dirs"]) for r in runner_rows)
