@@ -42,10 +42,29 @@ function client(i) {
   });
 }
 
+// The service's count of connections that reached its admission gate (/readyz "arrivals").
+async function arrivals() {
+  const u = new URL(endpoint);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  u.pathname = '/readyz';
+  u.search = '';
+  try {
+    return (await (await fetch(u)).json()).arrivals;
+  } catch {
+    return -1;
+  }
+}
+
 (async () => {
   const all = [];
+  const first = await arrivals();
   for (let i = 0; i < Number(n); i++) {
     all.push(client(i));
+    // Arrival order is the order the service saw: the next client starts only once this one
+    // has reached the gate (timers alone bunch up on a busy machine, and two connections that
+    // arrive together are admitted in either order).
+    const t0 = Date.now();
+    while ((await arrivals()) < first + i + 1 && Date.now() - t0 < 10000) await sleep(5);
     await sleep(Number(spacing));
   }
   console.log(JSON.stringify(await Promise.all(all)));

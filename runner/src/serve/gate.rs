@@ -30,6 +30,8 @@ struct Inner {
     /// Slots granted so far: the next one's sequence number.
     granted: u64,
     closed: bool,
+    /// Connections that reached the gate (admitted, queued or turned away), for `/readyz`.
+    arrivals: u64,
 }
 
 pub struct Gate {
@@ -112,6 +114,7 @@ impl Gate {
                 next: 0,
                 granted: 0,
                 closed: false,
+                arrivals: 0,
             }),
         })
     }
@@ -134,10 +137,16 @@ impl Gate {
         (g.active, g.waiters.len())
     }
 
+    /// How many connections have reached the gate so far (admitted, queued or turned away).
+    pub fn arrivals(&self) -> u64 {
+        self.lock().arrivals
+    }
+
     /// A slot now, or a place in the queue until `deadline`. Cancel-safe.
     pub async fn enter(self: &Arc<Self>, deadline: Instant) -> Result<Slot, Rejected> {
         let mut queued = {
             let mut g = self.lock();
+            g.arrivals += 1;
             if g.closed {
                 return Err(Rejected::Closed);
             }
@@ -215,6 +224,8 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Ok(()));
         // The waiter's slot was dropped at the end of its task.
         assert_eq!(g.counts(), (1, 0));
+        // Every connection that reached the gate is counted: 2 admitted, 1 queued, 1 refused.
+        assert_eq!(g.arrivals(), 4);
     }
 
     #[tokio::test]

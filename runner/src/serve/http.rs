@@ -175,6 +175,7 @@ fn readyz(svc: &Service) -> Response<Body> {
         "max_sessions": svc.gate.max(),
         "queued": queued,
         "queue_capacity": svc.gate.queue_capacity(),
+        "arrivals": svc.gate.arrivals(),
         "ready_browsers": ready_browsers,
         "launching_browsers": launching,
     });
