@@ -26,6 +26,9 @@ use crate::proc::Procfs;
 /// How long processes naming the directory get to exit by themselves.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// How long the service's lock may stay held after the end of file on the guard's pipe.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// The service's end: while it is open, the guard waits.
 pub struct Guard {
     _writer: OwnedFd,
@@ -70,11 +73,22 @@ pub fn run(dir: PathBuf) -> u8 {
         return 0;
     }
     // The service holds the lock for its whole life: if it is still held, the service is not
-    // gone (or another holds the directory); leave it.
+    // gone (or another holds the directory); leave it. A dying process closes its descriptors
+    // one after another, so the end of file on our pipe can come a moment before the lock is
+    // let go: wait for it a little before taking "held" for "alive" (a fresh clone's `make
+    // test` once saw the guard leave the directory of a SIGKILLed service this way).
     match std::fs::File::open(dir.join(".lock")) {
-        Ok(f) if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() => return 0,
+        Ok(f) => {
+            let t = Instant::now();
+            while flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+                if t.elapsed() >= LOCK_WAIT {
+                    return 0;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return 0,
-        _ => {}
+        Err(_) => {}
     }
     let procfs = Procfs::default();
     let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
