@@ -1072,6 +1072,14 @@ mod tests {
         }
     }
 
+    /// A lease on target 0's browser, within [`PATIENCE`].
+    async fn leased(k: &super::testkit::Kit) -> Lease {
+        tokio::time::timeout(PATIENCE, k.pool.acquire(0))
+            .await
+            .expect("a browser in time")
+            .expect("a lease")
+    }
+
     /// Issue 14, item 1: the half-open trial was handed to a session before it had a browser;
     /// a session that gave up waiting for one never reported, and its target stayed half-open
     /// with the trial "in flight" for good.
@@ -1225,10 +1233,7 @@ mod tests {
                 chromium,
                 CancellationToken::new(),
             );
-            let lease = tokio::time::timeout(PATIENCE, k.pool.acquire(0))
-                .await
-                .expect("a browser in time")
-                .expect("a lease");
+            let lease = leased(&k).await;
             drop(lease);
             // Given back as unhealthy: retired and closed while the pool still runs.
             tokio::time::timeout(PATIENCE, async {
@@ -1263,10 +1268,7 @@ mod tests {
                 chromium,
                 CancellationToken::new(),
             );
-            let lease = tokio::time::timeout(PATIENCE, k.pool.acquire(0))
-                .await
-                .expect("a browser in time")
-                .expect("a lease");
+            let lease = leased(&k).await;
             std::mem::forget(lease);
             let stats = tokio::time::timeout(PATIENCE * 2, k.finish())
                 .await
@@ -1310,10 +1312,7 @@ mod tests {
                 chromium,
                 CancellationToken::new(),
             );
-            let lease = tokio::time::timeout(PATIENCE, k.pool.acquire(0))
-                .await
-                .expect("a browser in time")
-                .expect("a lease");
+            let lease = leased(&k).await;
             let browser = lease.browser.clone();
             assert_eq!(contexts(&browser).await, Vec::<String>::new());
             let (mut timed_out, mut ready) = (0, 0);
