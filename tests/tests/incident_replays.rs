@@ -297,6 +297,15 @@ fn incident_task_leak() {
         .metric(m, "leakwarden_fd_limit_ratio_max", &[("family", "db")])
         .unwrap();
     assert!(ratio > 0.0 && ratio < 0.8, "{ratio}");
+    // Against the limit prlimit set before its exec (1024), not the one the process had before
+    // (the sidecar once kept the first limit it read for 30 s: 205/20000, "6 minutes to go").
+    let open = r
+        .metric(m, "leakwarden_family_open_fds", &[("family", "db")])
+        .unwrap();
+    assert!(
+        (ratio * 1024.0 - open).abs() < 0.5,
+        "FD ratio {ratio} at {open} FDs is not against RLIMIT_NOFILE 1024"
+    );
     let scan = r.json("scan-detect.json");
     for name in ["db", "tasks"] {
         let fam = family(&scan, name).unwrap_or_else(|| panic!("{name}: {scan:#}"));

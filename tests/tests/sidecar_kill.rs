@@ -647,3 +647,100 @@ fn real_chromium_orphan_is_killed_whole_by_watch_with_crashpad() {
     assert_eq!(counter(&w, "orphaned-browser-tree", "failed"), 0.0);
     let _ = keep.launcher.kill();
 }
+
+/// A process that raises its soft RLIMIT_NOFILE is judged against the new limit. Two shells,
+/// each under a soft limit of 400, open 300 descriptors once told to (75 % of 400); before that,
+/// one of them has its limit raised to 4,096 from outside (`prlimit --pid`, as a service does to
+/// itself with setrlimit). The rule `fd_ratio_above: 0.5` ends the other one, and never the one
+/// that is at 7 % of its limit. The sidecar used to keep a limit it had read for 30 s and
+/// terminated both.
+#[test]
+fn an_fd_ratio_rule_judges_a_raised_limit_not_the_one_it_read_first() {
+    if skip_without_unshare() {
+        return;
+    }
+    let ns = Ns::new();
+    let fams = "  - name: raised\n    match:\n      - cmdline: 'marker=fd-raised'\n  - name: control\n    match:\n      - cmdline: 'marker=fd-control'\n";
+    let rules = "  - name: fds-near-limit\n    family: [raised, control]\n    when:\n      fd_ratio_above: 0.5\n    action: terminate\n    grace: 1s\n";
+    let pol = policy(&ns, fams, rules, "");
+    let w = ns.watch(&[
+        "--policy",
+        pol.to_str().unwrap(),
+        "--interval",
+        "200ms",
+        "--log-format",
+        "json",
+    ]);
+    let go = ns.path("go");
+    let never = ns.path("never");
+    run(Command::new("mkfifo").arg(&never));
+    // $0 is the marker; $1 the file that says "open them", $2 a FIFO nobody writes (the shell
+    // then waits without children), $3 the file that says "opened".
+    let script = r#"while [ ! -e "$1" ]; do sleep 0.05; done
+for i in $(seq 300); do exec {fd}</dev/null; done
+: >"$3"; read -r _ <"$2""#;
+    let mut holders = Vec::new();
+    for name in ["raised", "control"] {
+        let mut c = ns.cmd("prlimit");
+        c.args(["--nofile=400:4096", "--", "bash", "-c", script])
+            .arg(format!("marker=fd-{name}"))
+            .arg(&go)
+            .arg(&never)
+            .arg(ns.path(&format!("{name}.opened")))
+            .stdin(std::process::Stdio::null());
+        holders.push(c.spawn().expect("spawn a holder"));
+    }
+    let pid_of = |name: &str| {
+        let needle = format!("marker=fd-{name}");
+        wait_for(
+            &format!("the {name} shell"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                ns.procs()
+                    .into_iter()
+                    .find(|p| p.comm == "bash" && p.cmdline.contains(&needle))
+                    .map(|p| p.pid)
+            },
+        )
+    };
+    let (raised, control) = (pid_of("raised"), pid_of("control"));
+    // Past the age at which a limit is read at every scan, and seen by the sidecar since.
+    std::thread::sleep(Duration::from_secs(3));
+    wait_scans(&w, 3.0);
+    run(ns
+        .cmd("prlimit")
+        .args(["--pid", &raised.to_string(), "--nofile=4096:4096"]));
+    std::fs::write(&go, "").expect("write go");
+    for name in ["raised", "control"] {
+        let opened = ns.path(&format!("{name}.opened"));
+        wait_for(
+            &format!("the {name} shell to open its descriptors"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || opened.exists().then_some(()),
+        );
+    }
+    wait_for(
+        "the control shell (300 of 400 FDs) to be terminated",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || (!ns.alive(control)).then_some(()),
+    );
+    wait_scans(&w, 10.0);
+    assert!(
+        ns.alive(raised),
+        "a shell at 300 of 4,096 FDs was ended: {:#?}",
+        w.audit()
+    );
+    assert!(ns.fd_count(raised) >= 300);
+    assert_eq!(counter(&w, "fds-near-limit", "terminated"), 1.0);
+    let ratio = w
+        .metric("leakwarden_fd_limit_ratio_max", &[("family", "raised")])
+        .expect("the raised family's ratio");
+    assert!(ratio < 0.1, "300/4,096 exported as {ratio}");
+    for mut h in holders {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+}

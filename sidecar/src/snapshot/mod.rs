@@ -19,8 +19,15 @@ use crate::proc::{self, guarded::Guarded, MemInfo, ProcFs, ReadError};
 /// Processes younger than this are not cached: a zygote-forked renderer shows the zygote's
 /// command line until it rewrites its own.
 const CACHE_MIN_AGE: Duration = Duration::from_secs(2);
-/// The soft RLIMIT_NOFILE of a family process is re-read this often.
+/// The soft RLIMIT_NOFILE of a family process is re-read at least this often. It is read at every
+/// scan while the process is young (younger than [`CACHE_MIN_AGE`]: Chromium, Go and Java raise
+/// their own soft limit as they start, and `prlimit … -- PROGRAM` sets it just before its exec),
+/// after it changes its comm (an exec), and while its FDs are at least [`LIMIT_NEAR`] (or the
+/// policy's lowest `fd_ratio_above`, if lower) of the limit last read: a ratio rule never acts
+/// on a limit older than one scan.
 const LIMIT_TTL: Duration = Duration::from_secs(30);
+/// See [`LIMIT_TTL`].
+const LIMIT_NEAR: f64 = 0.5;
 /// Command lines are kept for display up to this length (matching uses the whole line, and the
 /// kill engine's protect check re-reads it whole at signal time).
 const CMDLINE_DISPLAY_MAX: usize = 4096;
@@ -35,6 +42,17 @@ const MAX_STUCK_READERS: usize = 4;
 /// exempt a leaking browser from its policy for the rest of its life.
 const BLOCKED_RETRY_FIRST: Duration = Duration::from_secs(10);
 const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// A family process's soft RLIMIT_NOFILE as last read.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    read_at: Instant,
+    soft: Option<u64>,
+    /// The comm it was read under (an exec changes it, and may change the limit).
+    comm: u64,
+    /// The scan that last saw the process.
+    seen: u64,
+}
 
 /// An identity whose cmdline read blocked: when to read it again.
 #[derive(Debug, Clone, Copy)]
@@ -228,8 +246,10 @@ pub struct Scanner {
     clk_tck: u64,
     page: u64,
     cache: HashMap<(i32, u64), Cached>,
-    /// Soft RLIMIT_NOFILE of family members: when read, the value, the scan that last saw it.
-    limits: HashMap<(i32, u64), (Instant, Option<u64>, u64)>,
+    /// Soft RLIMIT_NOFILE of family members.
+    limits: HashMap<(i32, u64), Limit>,
+    /// Set per scan: FDs at this share of the cached limit have it re-read ([`LIMIT_TTL`]).
+    limit_near: f64,
     policy_generation: u64,
     scan_no: u64,
     buf: Vec<u8>,
@@ -254,6 +274,7 @@ impl Scanner {
             page,
             cache: HashMap::new(),
             limits: HashMap::new(),
+            limit_near: LIMIT_NEAR,
             policy_generation: 0,
             scan_no: 0,
             buf: Vec::with_capacity(1024),
@@ -294,6 +315,11 @@ impl Scanner {
         let uptime = self.fs.uptime_seconds().unwrap_or(0.0);
         let mem = self.fs.meminfo().unwrap_or_default();
         let read_all = policy.needs_exe_or_cmdline_for_all();
+        self.limit_near = policy
+            .rules
+            .iter()
+            .filter_map(|r| r.when.fd_ratio_above)
+            .fold(LIMIT_NEAR, f64::min);
         let mut procs = Vec::with_capacity(pids.len());
         let mut skipped = Skipped::default();
         self.fds_unreadable = 0;
@@ -306,7 +332,7 @@ impl Scanner {
         }
         let scan_no = self.scan_no;
         self.cache.retain(|_, c| c.seen == scan_no);
-        self.limits.retain(|_, l| l.2 == scan_no);
+        self.limits.retain(|_, l| l.seen == scan_no);
         self.blocked.retain(|_, b| b.seen == scan_no);
         skipped.fds_unreadable = self.fds_unreadable;
         let children = indices(&mut procs);
@@ -419,10 +445,7 @@ impl Scanner {
             }
         };
         let fd_soft_limit = if info.is_some() {
-            if let Some(l) = self.limits.get_mut(&key) {
-                l.2 = scan_no;
-            }
-            self.limit(pid, key)
+            self.limit(pid, key, comm_hash(&st.comm), age, fds)
         } else {
             None
         };
@@ -444,16 +467,44 @@ impl Scanner {
         }))
     }
 
-    fn limit(&mut self, pid: i32, key: (i32, u64)) -> Option<u64> {
+    /// The soft RLIMIT_NOFILE of a family process: the cached value unless it must be re-read
+    /// (see [`LIMIT_TTL`]).
+    fn limit(
+        &mut self,
+        pid: i32,
+        key: (i32, u64),
+        comm: u64,
+        age: Duration,
+        fds: Option<u64>,
+    ) -> Option<u64> {
         let now = Instant::now();
-        if let Some((at, v, _)) = self.limits.get(&key) {
-            if now.duration_since(*at) < LIMIT_TTL {
-                return *v;
+        let scan_no = self.scan_no;
+        let near = self.limit_near;
+        if let Some(l) = self.limits.get_mut(&key) {
+            l.seen = scan_no;
+            let near_limit = match (fds, l.soft) {
+                (Some(n), Some(soft)) => n as f64 >= soft as f64 * near,
+                _ => false,
+            };
+            let stale = l.comm != comm
+                || age < CACHE_MIN_AGE
+                || near_limit
+                || now.duration_since(l.read_at) >= LIMIT_TTL;
+            if !stale {
+                return l.soft;
             }
         }
-        let v = self.fs.nofile(pid).ok().and_then(|l| l.soft);
-        self.limits.insert(key, (now, v, self.scan_no));
-        v
+        let soft = self.fs.nofile(pid).ok().and_then(|l| l.soft);
+        self.limits.insert(
+            key,
+            Limit {
+                read_at: now,
+                soft,
+                comm,
+                seen: scan_no,
+            },
+        );
+        soft
     }
 
     /// Which family, if any, a process belongs to. Reads cmdline/exe only when a matcher needs

@@ -66,9 +66,10 @@ nsbg prlimit --nofile="$NOFILE:$NOFILE" -- "$FIXTURE" fds 10 --step 10 --every 2
 nsbg "$FIXTURE" threads 2 --step 2 --every 200 --marker=task-service >/dev/null 2>"$W/bin/task-service.stderr"
 mark fault
 DB= TASKS=
+# By comm: until prlimit has set the limit and exec'd the fixture, the marker is prlimit's.
 _up() {
-  DB=$(ns_pid_of 'marker=db-service')
-  TASKS=$(ns_pid_of 'marker=task-service')
+  DB=$(ns_pid_of '^lw-fixture .*marker=db-service')
+  TASKS=$(ns_pid_of '^lw-fixture .*marker=task-service')
   [[ -n $DB && -n $TASKS ]]
 }
 wait_until "both services" 10 _up
