@@ -19,6 +19,7 @@ pub mod browser;
 pub mod config;
 pub mod exec;
 pub mod faults;
+pub mod guard;
 pub mod http;
 pub mod job;
 pub mod jobnet;
@@ -74,6 +75,19 @@ pub async fn run(
     let abandon_max = abandon.then(|| cfg.job.sessions.saturating_sub(1));
     let (run_dir, stale_removed) = prepare_run_dir(&cfg.run_root, &procfs, &metrics, abandon_max)?;
     let run_path = run_dir.path().to_path_buf();
+    // The guard removes the directory should the runner be SIGKILLed. Not with `abandon`: that
+    // run leaves real orphans on purpose, for the sidecar to find (the guard would end them).
+    let _run_guard = if abandon {
+        None
+    } else {
+        match guard::spawn(&run_path) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(error = %e, "no run-directory guard: a SIGKILLed runner would leave its directory to the next start");
+                None
+            }
+        }
+    };
     tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
 
     if abandon {

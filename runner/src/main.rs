@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }
         Command::Run(a) => a,
         Command::Guard { dir } => {
-            return ExitCode::from(leakwarden_runner::serve::guard::run(dir));
+            return ExitCode::from(leakwarden_runner::guard::run(dir));
         }
         Command::Serve(a) => {
             let cfg = match a.into_config() {

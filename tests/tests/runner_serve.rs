@@ -482,7 +482,7 @@ fn serve_sigkilled_takes_its_browsers_along_and_its_guard_removes_the_directory_
     );
     assert!(
         run.stderr()
-            .contains("lw-run-guard: the service is gone; removed"),
+            .contains("lw-run-guard: the runner is gone; removed"),
         "{}",
         run.logs()
     );

@@ -104,10 +104,11 @@ fn promtool_check(text: &str) {
 
 /// SIGKILL of the runner: its browsers die with it — the parent-death signal SIGKILLs each
 /// browser process, and its children (zygotes, GPU, utility, renderers, crashpad handlers) exit
-/// once their browser is gone. Checked while the namespace is still alive, so the namespace's
-/// own end hides nothing. The dead run's directory stays until the next start removes it.
+/// once their browser is gone — and its guard (`lw-run-guard`) removes the run directory.
+/// Checked while the namespace is still alive, so the namespace's own end hides nothing. When
+/// the guard is killed too, the next start removes the dead run's directory.
 #[test]
-fn runner_sigkill_browsers_die_with_it_and_next_start_removes_dir_chromium() {
+fn runner_sigkill_browsers_die_with_it_and_its_guard_removes_the_directory_chromium() {
     if !prerequisites() {
         return;
     }
@@ -122,19 +123,59 @@ fn runner_sigkill_browsers_die_with_it_and_next_start_removes_dir_chromium() {
     std::thread::sleep(Duration::from_millis(1500));
     let before = run.processes_left();
     let pid = run.runner_pid().expect("runner pid");
+    let t = Instant::now();
     signal(pid, Signal::KILL);
     let left = wait_for_empty(|| run.processes_left(), Duration::from_secs(20));
     assert!(
         left.is_empty(),
-        "browser processes outlived the SIGKILLed runner: {left:#?}\n(before: {} processes)\n{}",
+        "processes outlived the SIGKILLed runner: {left:#?}\n(before: {} processes)\n{}",
         before.len(),
         run.logs()
     );
+    let dirs = wait_for_empty(|| dirs_under(&run.root), Duration::from_secs(10));
+    assert!(dirs.is_empty(), "the guard left {dirs:?}\n{}", run.logs());
+    eprintln!(
+        "after the runner's SIGKILL: processes and directory gone after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        run.stderr()
+            .contains("lw-run-guard: the runner is gone; removed"),
+        "{}",
+        run.logs()
+    );
+    run.finish();
+}
+
+/// SIGKILL of the runner and of its guard (a kill of the whole cgroup): the dead run's directory
+/// stays, and the next start over the same root removes it.
+#[test]
+fn runner_and_guard_sigkilled_next_start_removes_the_directory_chromium() {
+    if !prerequisites() {
+        return;
+    }
+    let run = RunnerRun::start(&["--sessions", "500", "--concurrency", "2"]);
+    wait_for(
+        &format!("browser processes\n{}", run.logs()),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (run.processes_left().len() >= 5).then_some(()),
+    );
+    let prefix = leakwarden_tests::runner::run_dir_prefix(&run.root);
+    let guard = leakwarden_tests::runner::processes_naming(&prefix)
+        .into_iter()
+        .find(|(_, c)| c.contains(" guard "))
+        .map(|(p, _)| p)
+        .unwrap_or_else(|| panic!("no guard among the run's processes\n{}", run.logs()));
+    signal(guard, Signal::KILL);
+    signal(run.runner_pid().expect("runner pid"), Signal::KILL);
+    let left = wait_for_empty(|| run.processes_left(), Duration::from_secs(20));
+    assert!(left.is_empty(), "{left:#?}\n{}", run.logs());
     let dirs = dirs_under(&run.root);
     assert_eq!(
         dirs.len(),
         1,
-        "the dead run's directory is still there: {dirs:?}"
+        "the dead run's directory, with its guard killed: {dirs:?}"
     );
     let dir = run.finish();
 

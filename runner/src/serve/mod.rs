@@ -24,7 +24,6 @@ pub mod auth;
 pub mod cdp;
 pub mod config;
 pub mod gate;
-pub mod guard;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -99,7 +98,7 @@ pub async fn serve(
     let procfs = Procfs::default();
     let (run_dir, _) = crate::prepare_run_dir(&cfg.run_root, &procfs, &metrics, None)?;
     let run_path = run_dir.path().to_path_buf();
-    let run_guard = match guard::spawn(&run_path) {
+    let run_guard = match crate::guard::spawn(&run_path) {
         Ok(g) => Some(g),
         Err(e) => {
             tracing::warn!(error = %e, "no run-directory guard: a SIGKILLed service would leave its directory to the next start");

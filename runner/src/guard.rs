@@ -1,16 +1,18 @@
-//! The run directory's guard: a small process the service starts beside itself, so that a
-//! SIGKILLed service leaves no directory behind either.
+//! The run directory's guard: a small process the runner (`run` or `serve`) starts beside itself,
+//! so that a SIGKILLed runner leaves no directory behind either.
 //!
-//! A SIGKILLed service takes its browsers along (parent-death signal, end of file on their CDP
+//! A SIGKILLed runner takes its browsers along (parent-death signal, end of file on their CDP
 //! pipes), but no process of its own is left to remove `<run dir>`; without the guard it would
-//! wait for the service's next start (or the sidecar). The guard (`leakwarden-runner guard DIR`,
-//! process name `lw-run-guard`, its own process group) blocks reading a pipe whose only writer is
-//! the service. End of file means the service is gone, however it went. Then, if the directory
-//! still exists and its lock (`.lock`, held by the service for its whole life) is free, the guard
+//! wait for the next start over the same root (or the sidecar). The guard (`leakwarden-runner
+//! guard DIR`, process name `lw-run-guard`, its own process group) blocks reading a pipe whose
+//! only writer is the runner. End of file means the runner is gone, however it went. Then, if the
+//! directory still exists and its lock (`.lock`, held by the runner for its whole life) is free, the guard
 //! waits for the processes naming the directory to exit (they are being killed by their
 //! parent-death signal; crashpad handlers follow within seconds), terminates those still there
 //! after [`GRACE`] through pidfds, removes the directory, and exits. After a normal exit the
-//! service has removed the directory itself, and the guard just exits.
+//! runner has removed the directory itself, and the guard just exits. If the guard itself is
+//! killed too (a kill of the whole cgroup), the next start over the same root removes the
+//! directory, as before the guard existed.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -26,10 +28,10 @@ use crate::proc::Procfs;
 /// How long processes naming the directory get to exit by themselves.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// How long the service's lock may stay held after the end of file on the guard's pipe.
+/// How long the runner's lock may stay held after the end of file on the guard's pipe.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// The service's end: while it is open, the guard waits.
+/// The runner's end: while it is open, the guard waits.
 pub struct Guard {
     _writer: OwnedFd,
 }
@@ -47,10 +49,10 @@ pub fn spawn(run_dir: &Path) -> std::io::Result<Guard> {
         .stdin(Stdio::from(reader))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        // Its own group: a signal to the service's group does not take the guard along.
+        // Its own group: a signal to the runner's group does not take the guard along.
         .process_group(0)
         .current_dir("/");
-    // Not waited for: it outlives the service on purpose; while the service lives, its reaper
+    // Not waited for: it outlives the runner on purpose; while the runner lives, its reaper
     // collects the guard's zombie should it die early.
     drop(cmd.spawn()?);
     Ok(Guard { _writer: writer })
@@ -72,11 +74,11 @@ pub fn run(dir: PathBuf) -> u8 {
     if !dir.exists() {
         return 0;
     }
-    // The service holds the lock for its whole life: if it is still held, the service is not
+    // The runner holds the lock for its whole life: if it is still held, the runner is not
     // gone (or another holds the directory); leave it. A dying process closes its descriptors
     // one after another, so the end of file on our pipe can come a moment before the lock is
     // let go: wait for it a little before taking "held" for "alive" (a fresh clone's `make
-    // test` once saw the guard leave the directory of a SIGKILLed service this way).
+    // test` once saw the guard leave the directory of a SIGKILLed runner this way).
     match std::fs::File::open(dir.join(".lock")) {
         Ok(f) => {
             let t = Instant::now();
@@ -110,7 +112,7 @@ pub fn run(dir: PathBuf) -> u8 {
     }
     if !left.is_empty() {
         eprintln!(
-            "lw-run-guard: {} process(es) still name {} {:?} after the service died; terminating",
+            "lw-run-guard: {} process(es) still name {} {:?} after the runner died; terminating",
             left.len(),
             dir.display(),
             GRACE
@@ -137,7 +139,7 @@ pub fn run(dir: PathBuf) -> u8 {
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {
             eprintln!(
-                "lw-run-guard: the service is gone; removed {} after {:.1} s",
+                "lw-run-guard: the runner is gone; removed {} after {:.1} s",
                 dir.display(),
                 t.elapsed().as_secs_f64()
             );
