@@ -939,7 +939,7 @@ pub(crate) mod testkit {
         pub pool: Arc<Pool>,
         pub metrics: Arc<Metrics>,
         launcher: Option<Launcher>,
-        _dir: tempfile::TempDir,
+        pub dir: tempfile::TempDir,
     }
 
     /// `browsers` browsers of 4 contexts; breaker backoff from 1 ms (or `backoff`); a memory
@@ -959,6 +959,13 @@ pub(crate) mod testkit {
 
     /// Call inside a Tokio runtime.
     pub(crate) fn kit(cfg: PoolConfig, chromium: PathBuf, drain: CancellationToken) -> Kit {
+        let mut spec = Spec::new(chromium);
+        spec.launch_timeout = Duration::from_secs(30);
+        kit_with_spec(cfg, spec, drain)
+    }
+
+    /// [`kit`] with a launch spec of the test's own.
+    pub(crate) fn kit_with_spec(cfg: PoolConfig, spec: Spec, drain: CancellationToken) -> Kit {
         let owned = Owned::default();
         let launcher = Launcher::start(owned.clone()).expect("launcher thread");
         let env = Env {
@@ -972,8 +979,6 @@ pub(crate) mod testkit {
             .prefix("lwp-")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let mut spec = Spec::new(chromium);
-        spec.launch_timeout = Duration::from_secs(30);
         let metrics =
             Arc::new(Metrics::register(prometheus::Registry::new()).expect("metrics register"));
         let pool = Pool::new(
@@ -988,7 +993,7 @@ pub(crate) mod testkit {
             pool,
             metrics,
             launcher: Some(launcher),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -1053,7 +1058,7 @@ pub(crate) mod testkit {
 
 #[cfg(test)]
 mod tests {
-    use super::testkit::{config, in_private_pid_namespace, kit};
+    use super::testkit::{config, in_private_pid_namespace, kit, kit_with_spec};
     use super::*;
 
     /// Generous: only a failing test waits this long.
@@ -1365,24 +1370,18 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
             use chromiumoxide::cdp::browser_protocol::target::GetTargetsParams;
-            let owned = crate::launcher::Owned::default();
-            let launcher = crate::launcher::Launcher::start(owned.clone()).expect("launcher");
-            let env = Env {
-                launcher: launcher.handle().expect("handle"),
-                owned,
-                procfs: crate::proc::Procfs::default(),
-                tasks: TaskTracker::new(),
-            };
-            let dir = tempfile::Builder::new()
-                .prefix("lwp-")
-                .tempdir_in("/tmp")
-                .expect("tempdir");
             let mut spec = Spec::new(chromium);
             spec.launch_timeout = Duration::from_secs(30);
             spec.extra_args = vec!["--disable-features=Translate,SomethingElse".into()];
+            let k = kit_with_spec(
+                config(1, Duration::from_millis(1)),
+                spec.clone(),
+                CancellationToken::new(),
+            );
+            let env = k.pool.env();
             let browser = tokio::time::timeout(
                 PATIENCE,
-                Browser::launch(1, dir.path().join("b1"), &spec, &env, Mode::Owned),
+                Browser::launch(1, k.dir.path().join("b1"), &spec, env, Mode::Owned),
             )
             .await
             .expect("launched in time")
@@ -1408,10 +1407,11 @@ mod tests {
                 vec![("page".to_string(), "about:blank".to_string())],
                 "all targets: {targets:?}"
             );
-            let report = browser.close(&spec, &env).await;
+            let report = browser.close(&spec, env).await;
             assert_eq!(report.leaks(), 0, "{report:?}");
-            drop(env);
-            let _ = tokio::task::spawn_blocking(move || launcher.join()).await;
+            tokio::time::timeout(PATIENCE, k.finish())
+                .await
+                .expect("shutdown returns");
         });
     }
 }
