@@ -1,11 +1,17 @@
 // N raw CDP clients (ws, the WebSocket library puppeteer uses) arriving SPACING_MS apart. Each
-// one that gets a session opens a page of the embedded site, keeps the session HOLD_MS, and
-// closes; each one turned away records the HTTP status and Retry-After. Prints one JSON array,
-// in arrival order. Usage: node admission.js WS_ENDPOINT SITE N SPACING_MS HOLD_MS
+// one that gets a session opens a page of the embedded site, keeps the session until every
+// client has arrived and then HOLD_MS more, and closes; each one turned away records the HTTP
+// status and Retry-After. Prints one JSON array, in arrival order.
+// Usage: node admission.js WS_ENDPOINT SITE N SPACING_MS HOLD_MS
 const WebSocket = require('ws');
 
 const [endpoint, site, n, spacing, hold] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Resolved once the last client has reached the service's gate. No session closes before: a
+// slot freed early (a hold timed from a session's start, on a slow machine) would let a late
+// client into the queue that the test means to find full.
+let everyoneArrived;
+const allArrived = new Promise((r) => { everyoneArrived = r; });
 
 function client(i) {
   return new Promise((resolve) => {
@@ -29,7 +35,7 @@ function client(i) {
       const msg = JSON.parse(data);
       if (msg.id === 1) {
         r.ok = Boolean(msg.result && msg.result.targetId);
-        setTimeout(() => ws.close(), Number(hold));
+        allArrived.then(() => setTimeout(() => ws.close(), Number(hold)));
       }
     });
     ws.on('close', (code) => {
@@ -67,6 +73,7 @@ async function arrivals() {
     while ((await arrivals()) < first + i + 1 && Date.now() - t0 < 10000) await sleep(5);
     await sleep(Number(spacing));
   }
+  everyoneArrived();
   console.log(JSON.stringify(await Promise.all(all)));
   process.exit(0);
 })();

@@ -16,9 +16,10 @@ fn ready() -> bool {
     prerequisites() && clients_installed()
 }
 
-/// 20 clients, 100 ms apart, against 4 slots and a queue of 8: the first 12 are served in their
-/// arrival order (4 at once, then the queue in waves), the last 8 get 429 with Retry-After;
-/// /readyz reports saturation meanwhile; nothing is left.
+/// 20 clients, 100 ms apart (each once the one before reached the gate; the served hold their
+/// sessions until all have arrived), against 4 slots and a queue of 8: the first 12 are served
+/// in their arrival order (4 at once, then the queue in waves), the last 8 get 429 with
+/// Retry-After; /readyz reports saturation meanwhile; nothing is left.
 #[test]
 fn serve_twenty_clients_four_slots_queue_eight_serve_twelve_in_order_chromium() {
     if !ready() {
