@@ -377,7 +377,14 @@ impl Browser {
     pub async fn new_page(&self, ctx: &BrowserContextId) -> anyhow::Result<Page> {
         let mut params = CreateTargetParams::new("about:blank");
         params.browser_context_id = Some(ctx.clone());
-        Ok(self.cdp.new_page(params).await?)
+        let page = self.cdp.new_page(params).await?;
+        // chromiumoxide enables the Performance and Log domains on every page it attaches to;
+        // a session reads neither: turn them off (Chromium then stops collecting for them).
+        page.execute(chromiumoxide::cdp::browser_protocol::performance::DisableParams::default())
+            .await?;
+        page.execute(chromiumoxide::cdp::browser_protocol::log::DisableParams::default())
+            .await?;
+        Ok(page)
     }
 
     /// Dispose a context (closing its pages) and check that no target of it remains.

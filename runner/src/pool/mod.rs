@@ -1359,7 +1359,7 @@ mod tests {
     /// (`chrome://omnibox-popup.top-chrome/…`) in a WebUI renderer of their own: a second
     /// renderer per session, about 40 % of a bench session's CPU. A session's context has its
     /// page and nothing else, also when the user passes a `--disable-features` list of their own
-    /// (Chromium reads only the last one).
+    /// (Chromium reads only the last one); and the page collects no performance metrics.
     #[test]
     fn a_sessions_context_holds_only_its_page_chromium() {
         let Some(chromium) = in_private_pid_namespace(
@@ -1387,7 +1387,22 @@ mod tests {
             .expect("launched in time")
             .expect("launched");
             let ctx = browser.new_context().await.expect("context");
-            let _page = browser.new_page(&ctx).await.expect("page");
+            let page = browser.new_page(&ctx).await.expect("page");
+            // chromiumoxide turns the Performance domain on for every page; ours is off (an
+            // agent that is off reports no metrics).
+            let metrics = page
+                .execute(
+                    chromiumoxide::cdp::browser_protocol::performance::GetMetricsParams::default(),
+                )
+                .await
+                .expect("Performance.getMetrics")
+                .result
+                .metrics;
+            assert!(
+                metrics.is_empty(),
+                "Performance is on: {} metrics",
+                metrics.len()
+            );
             // The popup's targets, when they come, come with the context's first page.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let targets = browser
