@@ -29,7 +29,7 @@ pub enum Command {
     /// Serve CDP clients (puppeteer, Playwright) a fresh browser per WebSocket connection,
     /// with the runner's guarantees on every one (see README, "Runner service").
     Serve(Box<crate::serve::config::ServeArgs>),
-    /// (Internal) the service's run-directory guard; see `serve/guard.rs`.
+    /// (Internal) the run-directory guard of `run` and `serve`; see `guard.rs`.
     #[command(hide = true)]
     Guard { dir: PathBuf },
 }

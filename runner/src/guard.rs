@@ -31,9 +31,54 @@ const GRACE: Duration = Duration::from_secs(5);
 /// How long the runner's lock may stay held after the end of file on the guard's pipe.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// The runner's end: while it is open, the guard waits.
+/// How long a runner that ends normally waits for its guard to exit.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
+
+/// The runner's end: while it is open, the guard waits. Dropped (an early error, a panic), it
+/// lets the guard go without waiting for it; [`Guard::finish`] is the normal end.
 pub struct Guard {
-    _writer: OwnedFd,
+    writer: Option<OwnedFd>,
+    child: Option<std::process::Child>,
+}
+
+impl Guard {
+    /// The runner's normal end, its directory removed: close our end of the pipe and wait (at
+    /// most [`FINISH_WAIT`]) for the guard to see it, find nothing to do, and exit — so that
+    /// nothing of the run outlives the runner, the guard included.
+    pub async fn finish(mut self) {
+        drop(self.writer.take());
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let t = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(None) if t.elapsed() < FINISH_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        pid = child.id(),
+                        "the run-directory guard has not exited; leaving it"
+                    );
+                    return;
+                }
+                Ok(Some(_)) | Err(_) => return,
+            }
+        }
+    }
+}
+
+/// [`spawn`], or `None` with a warning: without a guard a SIGKILLed runner leaves its directory
+/// to the next start over the same root (or the sidecar).
+pub fn spawn_or_warn(run_dir: &Path) -> Option<Guard> {
+    match spawn(run_dir) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "no run-directory guard: a SIGKILLed runner would leave its directory to the next start");
+            None
+        }
+    }
 }
 
 /// Start the guard of `run_dir`.
@@ -52,10 +97,13 @@ pub fn spawn(run_dir: &Path) -> std::io::Result<Guard> {
         // Its own group: a signal to the runner's group does not take the guard along.
         .process_group(0)
         .current_dir("/");
-    // Not waited for: it outlives the runner on purpose; while the runner lives, its reaper
-    // collects the guard's zombie should it die early.
-    drop(cmd.spawn()?);
-    Ok(Guard { _writer: writer })
+    // Waited for only at the runner's normal end (`finish`): it outlives a killed runner on
+    // purpose.
+    let child = cmd.spawn()?;
+    Ok(Guard {
+        writer: Some(writer),
+        child: Some(child),
+    })
 }
 
 /// The `guard` subcommand. Returns the exit code.
@@ -91,6 +139,11 @@ pub fn run(dir: PathBuf) -> u8 {
         }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return 0,
         Err(_) => {}
+    }
+    // The runner removed it while we waited for its lock (an early exit lets the guard go
+    // before the directory): nothing to do.
+    if !dir.exists() {
+        return 0;
     }
     let procfs = Procfs::default();
     let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
@@ -145,6 +198,7 @@ pub fn run(dir: PathBuf) -> u8 {
             );
             0
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => {
             eprintln!("lw-run-guard: removing {}: {e}", dir.display());
             1

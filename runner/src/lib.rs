@@ -73,21 +73,13 @@ pub async fn run(
         .any(|f| f.fault == faults::Fault::Abandon);
     // The `abandon` fault names a directory after the session's index.
     let abandon_max = abandon.then(|| cfg.job.sessions.saturating_sub(1));
-    let (run_dir, stale_removed) = prepare_run_dir(&cfg.run_root, &procfs, &metrics, abandon_max)?;
-    let run_path = run_dir.path().to_path_buf();
-    // The guard removes the directory should the runner be SIGKILLed. Not with `abandon`: that
-    // run leaves real orphans on purpose, for the sidecar to find (the guard would end them).
-    let _run_guard = if abandon {
-        None
-    } else {
-        match guard::spawn(&run_path) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                tracing::warn!(error = %e, "no run-directory guard: a SIGKILLed runner would leave its directory to the next start");
-                None
-            }
-        }
-    };
+    let (dir, stale_removed) = prepare_run_dir(&cfg.run_root, &procfs, &metrics, abandon_max)?;
+    let run_path = dir.path().to_path_buf();
+    // The guard removes the directory should the runner be SIGKILLed.
+    let run_guard = guard::spawn_or_warn(&run_path);
+    // Declared after the guard, so dropped before it on every early exit: the directory is gone
+    // by the time the guard wakes.
+    let run_dir = dir;
     tracing::info!(run_dir = %run_path.display(), job = %cfg.job.name, sessions = cfg.job.sessions, concurrency = cfg.job.concurrency, "run starting");
 
     if abandon {
@@ -166,6 +158,9 @@ pub async fn run(
             false
         }
     };
+    if let Some(g) = run_guard {
+        g.finish().await;
+    }
     // Every browser is gone: the launcher thread may exit now (its exit fires pdeathsig).
     tokio::task::spawn_blocking(move || launcher.join())
         .await

@@ -132,3 +132,40 @@ fn runner_huge_duration_in_a_job_exits_64_with_location() {
         describe(&cmd, &out)
     );
 }
+
+/// The guard woken while the runner still holds the lock, the directory then removed by the
+/// runner itself (an early exit: the runner's `RunDir` goes as the runner unwinds): the guard
+/// finds nothing to do, exits 0 and says nothing. It used to go on to remove the directory
+/// itself and fail loudly ("removing …: No such file or directory", exit 1) — after the
+/// runner's own exit, on the user's terminal.
+#[test]
+fn a_guard_that_wakes_before_the_runner_removed_its_directory_says_nothing() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let dir = test_dir();
+    let run = dir.path().join("leakwarden-run-1-2");
+    std::fs::create_dir_all(run.join("b1")).expect("mkdir");
+    let lock = std::fs::File::create(run.join(".lock")).expect("lock file");
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    let mut guard = Command::new(bin("leakwarden-runner"))
+        .arg("guard")
+        .arg(&run)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the guard");
+    // End of file on its pipe: "the runner is gone" — but its lock is still held.
+    drop(guard.stdin.take());
+    std::thread::sleep(Duration::from_millis(300));
+    // The runner's own removal, then its lock let go (its descriptors close as it exits).
+    std::fs::remove_dir_all(&run).expect("remove the run directory");
+    drop(lock);
+    let mut err = String::new();
+    if let Some(mut e) = guard.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = guard.wait().expect("wait for the guard");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "the guard spoke: {err}");
+}

@@ -1,6 +1,7 @@
 //! Signals to the runner: SIGTERM drains and exits 0 with nothing left; SIGKILL takes the
-//! browsers down with it (parent-death signal), and the next start removes the directory the
-//! dead run left. Real Chromium, private PID namespace.
+//! browsers down with it (parent-death signal) and its guard removes the run directory; with
+//! the guard killed too, the next start removes the directory the dead run left. Real Chromium,
+//! private PID namespace.
 
 use std::time::{Duration, Instant};
 

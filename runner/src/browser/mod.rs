@@ -379,11 +379,17 @@ impl Browser {
         params.browser_context_id = Some(ctx.clone());
         let page = self.cdp.new_page(params).await?;
         // chromiumoxide enables the Performance and Log domains on every page it attaches to;
-        // a session reads neither: turn them off (Chromium then stops collecting for them).
-        page.execute(chromiumoxide::cdp::browser_protocol::performance::DisableParams::default())
-            .await?;
-        page.execute(chromiumoxide::cdp::browser_protocol::log::DisableParams::default())
-            .await?;
+        // a session reads neither: turn them off (Chromium then stops collecting for them). Only
+        // an optimisation: a failure here is logged, and the session's own steps find out
+        // whether the page works.
+        use chromiumoxide::cdp::browser_protocol::{log, performance};
+        let (p, l) = tokio::join!(
+            page.execute(performance::DisableParams::default()),
+            page.execute(log::DisableParams::default())
+        );
+        if let Some(e) = p.err().or(l.err()) {
+            tracing::debug!(error = %e, "turning the Performance and Log domains off");
+        }
         Ok(page)
     }
 

@@ -96,15 +96,12 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<Report> {
     let procfs = Procfs::default();
-    let (run_dir, _) = crate::prepare_run_dir(&cfg.run_root, &procfs, &metrics, None)?;
-    let run_path = run_dir.path().to_path_buf();
-    let run_guard = match crate::guard::spawn(&run_path) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            tracing::warn!(error = %e, "no run-directory guard: a SIGKILLed service would leave its directory to the next start");
-            None
-        }
-    };
+    let (dir, _) = crate::prepare_run_dir(&cfg.run_root, &procfs, &metrics, None)?;
+    let run_path = dir.path().to_path_buf();
+    let run_guard = crate::guard::spawn_or_warn(&run_path);
+    // Declared after the guard, so dropped before it on every early exit: the directory is gone
+    // by the time the guard wakes.
+    let run_dir = dir;
     reaper::become_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
     let owned = Owned::default();
     let launcher = Launcher::start(owned.clone()).context("starting the launcher thread")?;
@@ -276,8 +273,10 @@ pub async fn serve(
         tracing::error!(dir = %run_path.display(), error = %e, "cleanup leak: run directory not removed");
         metrics.cleanup_leaks.inc();
     }
-    // The directory is gone: the guard, seeing end of file, finds nothing to do.
-    drop(run_guard);
+    // The directory is gone: the guard, seeing end of file, finds nothing to do and exits.
+    if let Some(g) = run_guard {
+        g.finish().await;
+    }
     tokio::task::spawn_blocking(move || launcher.join())
         .await
         .ok();

@@ -392,8 +392,9 @@ impl Scanner {
         if st.state == 'Z' {
             self.cache.remove(&key);
         }
+        let comm = comm_hash(&st.comm);
         let cached = match self.cache.get_mut(&key) {
-            Some(c) if c.comm == comm_hash(&st.comm) => {
+            Some(c) if c.comm == comm => {
                 c.seen = scan_no;
                 Some(c.info.clone())
             }
@@ -434,7 +435,7 @@ impl Scanner {
                         self.cache.insert(
                             key,
                             Cached {
-                                comm: comm_hash(&st.comm),
+                                comm,
                                 info: info.clone(),
                                 seen: scan_no,
                             },
@@ -445,7 +446,7 @@ impl Scanner {
             }
         };
         let fd_soft_limit = if info.is_some() {
-            self.limit(pid, key, comm_hash(&st.comm), age, fds)
+            self.limit(pid, key, comm, age, fds)
         } else {
             None
         };
@@ -482,8 +483,9 @@ impl Scanner {
         let near = self.limit_near;
         if let Some(l) = self.limits.get_mut(&key) {
             l.seen = scan_no;
+            // The ratio exactly as a rule computes it (`enforce::evaluate`).
             let near_limit = match (fds, l.soft) {
-                (Some(n), Some(soft)) => n as f64 >= soft as f64 * near,
+                (Some(n), Some(soft)) => soft == 0 || n as f64 / soft as f64 >= near,
                 _ => false,
             };
             let stale = l.comm != comm

@@ -132,11 +132,7 @@ fn set_fds(d: &tempfile::TempDir, n: usize) {
     let fd = d.path().join("40/fd");
     let _ = std::fs::remove_dir_all(&fd);
     let _ = std::fs::remove_file(&fd);
-    let size_is_count = std::fs::metadata("/proc/self/fd").is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.size() > 0
-    });
-    if size_is_count {
+    if ProcFs::new(d.path()).fd_fast_path() {
         std::fs::write(&fd, vec![b'x'; n]).expect("write");
     } else {
         std::fs::create_dir_all(&fd).expect("mkdir");
