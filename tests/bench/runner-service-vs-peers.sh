@@ -147,7 +147,10 @@ run_cell() {
     > "$dir/cell.out" 2> "$dir/cell.err"
   local rc=$?
   set -e
-  [ $rc = 0 ] || echo "   cell exited $rc (see $dir/cell.err)"
+  if [ $rc != 0 ]; then
+    echo "   cell exited $rc (see $dir/cell.err); its last lines:"
+    tail -n 15 "$dir/cell.err" | sed 's/^/   | /'
+  fi
   tail -n1 "$dir/cell.out" | cut -c1-240
   rm -rf "$tmp" "$dir/out"
   [ -z "$cg" ] || rmdir "$cg" 2>/dev/null || true

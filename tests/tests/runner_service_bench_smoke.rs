@@ -62,7 +62,8 @@ fn service_bench_smoke_produces_its_tables_and_leaves_nothing_chromium() {
     }
     assert!(
         results["overhead"]["leakwarden"]["overhead_median_us"].is_number(),
-        "{results:#}"
+        "{results:#}\n{}",
+        describe(&cmd, &output)
     );
     let md = std::fs::read_to_string(out.path().join("results.md")).expect("results.md");
     assert!(md.contains("leakwarden-runner serve"), "{md}");

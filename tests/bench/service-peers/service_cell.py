@@ -310,19 +310,34 @@ def main():
 
 def overhead(a, svc, env, infra):
     """Round trips through the service vs a browser's own socket (same Chromium, same flags)."""
-    run = lambda url: json.loads(subprocess.run(  # noqa: E731
-        ["node", os.path.join(HERE, "overhead.js"), url, str(a.overhead)],
-        capture_output=True, text=True, env=env, timeout=300).stdout.strip().splitlines()[-1])
+    def run(url):
+        p = subprocess.run(["node", os.path.join(HERE, "overhead.js"), url, str(a.overhead)],
+                           capture_output=True, text=True, env=env, timeout=300)
+        lines = p.stdout.strip().splitlines()
+        if p.returncode != 0 or not lines:
+            raise SystemExit(f"overhead.js {url.split('?')[0]}: exit {p.returncode}: {p.stderr.strip()[-500:]}")
+        return json.loads(lines[-1])
     prof = os.path.join(a.tmp, "direct")
     chrome = subprocess.Popen([a.chromium, "--headless", "--no-sandbox", "--disable-gpu",
                                "--remote-debugging-port=0", f"--user-data-dir={prof}", "about:blank"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     port_file = os.path.join(prof, "DevToolsActivePort")
+    # Chromium creates the file, then writes it: it can be there and still empty (or hold the
+    # port only). Read until both lines are in it.
     t = time.monotonic() + 30
-    while not os.path.exists(port_file) and time.monotonic() < t:
+    port = path = None
+    while time.monotonic() < t:
+        try:
+            with open(port_file) as f:
+                fields = f.read().split()
+        except FileNotFoundError:
+            fields = []
+        if len(fields) >= 2:
+            port, path = fields[:2]
+            break
         time.sleep(0.05)
-    with open(port_file) as f:
-        port, path = f.read().split()[:2]
+    if port is None:
+        raise SystemExit(f"overhead: no DevTools port from {a.chromium} within 30 s")
     direct = run(f"ws://127.0.0.1:{port}{path}")
     chrome.send_signal(signal.SIGKILL)
     chrome.wait()
