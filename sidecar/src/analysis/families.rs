@@ -45,10 +45,8 @@ impl Tracker {
                 None => f.fds_unknown += 1,
             }
             f.threads += p.threads;
-            if let (Some(n), Some(l)) = (p.fds, p.fd_soft_limit) {
-                if l > 0 {
-                    f.fd_limit_ratio_max = f.fd_limit_ratio_max.max(n as f64 / l as f64);
-                }
+            if let Some(r) = crate::snapshot::fd_ratio(p.fds, p.fd_soft_limit) {
+                f.fd_limit_ratio_max = f.fd_limit_ratio_max.max(r);
             }
             let orphan = orphan_member.get(&i);
             if let Some(d) = orphan {

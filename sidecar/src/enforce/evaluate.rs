@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::{Facts, ProcFacts, Subject, TreeFacts, Verdict};
 use crate::policy::units::{format_duration, format_size};
 use crate::policy::{Action, Matcher, Policy, Rule};
+use crate::snapshot::fd_ratio;
 
 /// Apply every rule to the facts. `kill-tree` rules are judged per tree (tree age, tree RSS, the
 /// tree's orphan time); `report` and `terminate` rules per process. A process matched by several
@@ -114,11 +115,7 @@ fn proc_conditions(rule: &Rule, p: &ProcFacts) -> Option<String> {
         }
     }
     if let Some(max) = w.fd_ratio_above {
-        let ratio = p
-            .fd_soft_limit
-            .filter(|l| *l > 0)
-            .zip(p.fds)
-            .map(|(l, n)| n as f64 / l as f64);
+        let ratio = fd_ratio(p.fds, p.fd_soft_limit);
         let ok = ratio.is_some_and(|x| x > max);
         if !r.check(ok, || {
             format!(
@@ -201,12 +198,7 @@ fn tree_conditions(rule: &Rule, t: &TreeFacts, facts: &Facts, ti: usize) -> Opti
             .processes
             .iter()
             .filter(|p| p.tree == Some(ti))
-            .filter_map(|p| {
-                p.fd_soft_limit
-                    .filter(|l| *l > 0)
-                    .zip(p.fds)
-                    .map(|(l, n)| n as f64 / l as f64)
-            })
+            .filter_map(|p| fd_ratio(p.fds, p.fd_soft_limit))
             .fold(None::<f64>, |m, x| Some(m.map_or(x, |m| m.max(x))));
         let ok = worst.is_some_and(|x| x > max);
         if !r.check(ok, || {

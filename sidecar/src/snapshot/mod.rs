@@ -43,6 +43,16 @@ const MAX_STUCK_READERS: usize = 4;
 const BLOCKED_RETRY_FIRST: Duration = Duration::from_secs(10);
 const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(600);
 
+/// Open FDs over the soft RLIMIT_NOFILE: what `fd_ratio_above` judges, what
+/// `leakwarden_fd_limit_ratio_max` exports, and what has the scanner re-read a limit. `None` when
+/// either is unknown or the limit is 0.
+pub fn fd_ratio(fds: Option<u64>, soft_limit: Option<u64>) -> Option<f64> {
+    soft_limit
+        .filter(|l| *l > 0)
+        .zip(fds)
+        .map(|(l, n)| n as f64 / l as f64)
+}
+
 /// A family process's soft RLIMIT_NOFILE as last read.
 #[derive(Debug, Clone, Copy)]
 struct Limit {
@@ -483,11 +493,9 @@ impl Scanner {
         let near = self.limit_near;
         if let Some(l) = self.limits.get_mut(&key) {
             l.seen = scan_no;
-            // The ratio exactly as a rule computes it (`enforce::evaluate`).
-            let near_limit = match (fds, l.soft) {
-                (Some(n), Some(soft)) => soft == 0 || n as f64 / soft as f64 >= near,
-                _ => false,
-            };
+            // The ratio a rule judges (a limit of 0 is read again too).
+            let near_limit = (fds.is_some() && l.soft == Some(0))
+                || fd_ratio(fds, l.soft).is_some_and(|x| x >= near);
             let stale = l.comm != comm
                 || age < CACHE_MIN_AGE
                 || near_limit
