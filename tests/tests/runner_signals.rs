@@ -103,6 +103,18 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// A run of 500 sessions at concurrency 2, once its browsers are up.
+fn busy_run() -> RunnerRun {
+    let run = RunnerRun::start(&["--sessions", "500", "--concurrency", "2"]);
+    wait_for(
+        &format!("browser processes\n{}", run.logs()),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (run.processes_left().len() >= 5).then_some(()),
+    );
+    run
+}
+
 /// SIGKILL of the runner: its browsers die with it — the parent-death signal SIGKILLs each
 /// browser process, and its children (zygotes, GPU, utility, renderers, crashpad handlers) exit
 /// once their browser is gone — and its guard (`lw-run-guard`) removes the run directory.
@@ -113,13 +125,7 @@ fn runner_sigkill_browsers_die_with_it_and_its_guard_removes_the_directory_chrom
     if !prerequisites() {
         return;
     }
-    let run = RunnerRun::start(&["--sessions", "500", "--concurrency", "2"]);
-    wait_for(
-        &format!("browser processes\n{}", run.logs()),
-        Duration::from_secs(60),
-        Duration::from_millis(100),
-        || (run.processes_left().len() >= 5).then_some(()),
-    );
+    let run = busy_run();
     // Let a session or two get under way.
     std::thread::sleep(Duration::from_millis(1500));
     let before = run.processes_left();
@@ -155,15 +161,9 @@ fn runner_and_guard_sigkilled_next_start_removes_the_directory_chromium() {
     if !prerequisites() {
         return;
     }
-    let run = RunnerRun::start(&["--sessions", "500", "--concurrency", "2"]);
-    wait_for(
-        &format!("browser processes\n{}", run.logs()),
-        Duration::from_secs(60),
-        Duration::from_millis(100),
-        || (run.processes_left().len() >= 5).then_some(()),
-    );
-    let prefix = leakwarden_tests::runner::run_dir_prefix(&run.root);
-    let guard = leakwarden_tests::runner::processes_naming(&prefix)
+    let run = busy_run();
+    let guard = run
+        .processes_left()
         .into_iter()
         .find(|(_, c)| c.contains(" guard "))
         .map(|(p, _)| p)
