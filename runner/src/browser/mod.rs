@@ -82,13 +82,19 @@ pub const BASE_FLAGS: &[&str] = &[
 /// WebUI renderer process of their own — an address-bar popup nobody can see in headless mode,
 /// started once per session, since a session is a context. Without them a session's context
 /// has one renderer, not two: the bench's cell CPU per session fell from 0.96–1.21 s to
-/// 0.51–0.67 s (BENCHMARKS.md, "Runner vs peers"). The rest: no back/forward cache (a session
+/// 0.51–0.67 s (BENCHMARKS.md, "Runner vs peers"). `SpareRendererForSitePerProcess` next:
+/// Chromium keeps a renderer started ahead for the context it used last, for that context's
+/// next navigation; a session's context is new and lives for one session, so every spare was
+/// started for nothing and thrown away with its context (three renderer starts per session
+/// where its page needs one; 0.69 → 0.60 cell CPU-s per session, BENCHMARKS.md). The rest: no
+/// back/forward cache (a session
 /// never goes back; a cached page keeps its renderer busy), no paint holding, no HTTPS upgrade of
 /// the `http://` URLs a job names, no translate, media router, optimisation hints, feeds,
 /// component updaters or autofill requests.
 pub const DISABLED_FEATURES: &[&str] = &[
     "WebUIOmniboxPopup",
     "WebUIOmniboxAimPopup",
+    "SpareRendererForSitePerProcess",
     "BackForwardCache",
     "PaintHolding",
     "HttpsUpgrades",

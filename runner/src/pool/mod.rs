@@ -1429,4 +1429,78 @@ mod tests {
                 .expect("shutdown returns");
         });
     }
+
+    /// Chromium keeps a spare renderer process started ahead for the context used last, for
+    /// its next navigation. A session's context is new each time, so the spare was never the
+    /// one used: it started, and was thrown away with its context — two renderer starts per
+    /// session for nothing (three renderers where one page needs one; 13 % of a bench
+    /// session's CPU). While a session's page is open, its browser runs that page's renderer
+    /// and no other.
+    #[test]
+    fn a_session_starts_its_pages_renderer_and_no_spare_chromium() {
+        let Some(chromium) = in_private_pid_namespace(
+            "pool::tests::a_session_starts_its_pages_renderer_and_no_spare_chromium",
+        ) else {
+            return;
+        };
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let mut spec = Spec::new(chromium);
+            spec.launch_timeout = Duration::from_secs(30);
+            let k = kit_with_spec(
+                config(1, Duration::from_millis(1)),
+                spec.clone(),
+                CancellationToken::new(),
+            );
+            let env = k.pool.env();
+            let site_stop = CancellationToken::new();
+            let site_tasks = TaskTracker::new();
+            let site = crate::site::start(0, &site_tasks, site_stop.clone())
+                .await
+                .expect("site");
+            let browser = tokio::time::timeout(
+                PATIENCE,
+                Browser::launch(1, k.dir.path().join("b1"), &spec, env, Mode::Owned),
+            )
+            .await
+            .expect("launched in time")
+            .expect("launched");
+            // In this PID namespace every renderer is this browser's.
+            let renderers = || {
+                let (cmdlines, err) = crate::proc::Procfs::new("/proc").cmdlines(0);
+                assert!(err.is_none(), "{err:?}");
+                cmdlines
+                    .iter()
+                    .filter(|c| c.windows(15).any(|w| w == b"--type=renderer"))
+                    .count()
+            };
+            for session in 0..3 {
+                let ctx = browser.new_context().await.expect("context");
+                let page = browser.new_page(&ctx).await.expect("page");
+                for path in ["/", "/rows"] {
+                    tokio::time::timeout(PATIENCE, page.goto(format!("http://{site}{path}")))
+                        .await
+                        .expect("navigated in time")
+                        .expect("navigated");
+                }
+                // A spare is started once a navigation has taken a process; give it time.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // At most two: the page's, and that of the default context's first tab
+                // (about:blank; it may start later than the page on a loaded machine).
+                let n = renderers();
+                assert!(n <= 2, "session {session}: {n} renderers");
+                browser.dispose_context(&ctx).await.expect("dispose");
+            }
+            let report = browser.close(&spec, env).await;
+            assert_eq!(report.leaks(), 0, "{report:?}");
+            site_stop.cancel();
+            site_tasks.close();
+            tokio::time::timeout(PATIENCE, site_tasks.wait())
+                .await
+                .expect("the site stops");
+            tokio::time::timeout(PATIENCE, k.finish())
+                .await
+                .expect("shutdown returns");
+        });
+    }
 }
