@@ -46,17 +46,73 @@ pub struct RunRecord {
     pub collateral: Option<crate::metrics::Collateral>,
 }
 
-/// Shared, append-only record of finished sessions.
+/// Shared, append-only record of finished sessions, with the count of each outcome kept as
+/// they land: the progress line and a job's status read the counts, not a copy of every
+/// record (which, every 500 ms on a terminal, cost time in proportion to the sessions run).
 #[derive(Debug, Default, Clone)]
-pub struct Records(Arc<Mutex<Vec<SessionRecord>>>);
+pub struct Records(Arc<Mutex<Inner>>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    all: Vec<SessionRecord>,
+    tally: Tally,
+}
+
+/// How many sessions have finished, in all and by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub finished: u64,
+    by_outcome: [u64; Outcome::ALL.len()],
+}
+
+impl Tally {
+    fn add(&mut self, o: Outcome) {
+        self.finished += 1;
+        if let Some(i) = Outcome::ALL.iter().position(|&x| x == o) {
+            self.by_outcome[i] += 1;
+        }
+    }
+
+    pub fn get(&self, o: Outcome) -> u64 {
+        Outcome::ALL
+            .iter()
+            .position(|&x| x == o)
+            .map_or(0, |i| self.by_outcome[i])
+    }
+
+    /// Every outcome's count, zeros included, by name.
+    pub fn by_name(&self) -> BTreeMap<&'static str, u64> {
+        Outcome::ALL
+            .iter()
+            .map(|&o| (o.as_str(), self.get(o)))
+            .collect()
+    }
+}
 
 impl Records {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn push(&self, r: SessionRecord) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        let mut g = self.lock();
+        g.tally.add(r.outcome);
+        g.all.push(r);
     }
 
     pub fn snapshot(&self) -> Vec<SessionRecord> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().all.clone()
+    }
+
+    /// The counts alone: no record is copied.
+    pub fn tally(&self) -> Tally {
+        self.lock().tally
+    }
+
+    /// Every record and the counts, read together.
+    pub fn snapshot_with_tally(&self) -> (Vec<SessionRecord>, Tally) {
+        let g = self.lock();
+        (g.all.clone(), g.tally)
     }
 }
 
@@ -322,13 +378,13 @@ pub async fn progress(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let recs = records.snapshot();
-        let count = |o: Outcome| recs.iter().filter(|r| r.outcome == o).count();
+        let t = records.tally();
+        let count = |o: Outcome| t.get(o);
         let done = count(Outcome::Ok) + count(Outcome::Retried);
         let rate = done as f64 * 60.0 / started.elapsed().as_secs_f64().max(0.001);
         let line = format!(
             "[{}/{}] ok {} retried {} failed {} · {} active · {} browsers · {:.1} sessions/min",
-            recs.len(),
+            t.finished,
             planned,
             count(Outcome::Ok),
             count(Outcome::Retried),
@@ -361,19 +417,52 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), 0);
     }
 
-    #[test]
-    fn summary_counts_outcomes_and_leaks() {
-        let rec = |i, o, ms| SessionRecord {
-            index: i,
-            outcome: o,
+    fn rec(index: u64, outcome: Outcome, duration_ms: u64) -> SessionRecord {
+        SessionRecord {
+            index,
+            outcome,
             attempts: 1,
-            collateral_restarts: u32::from(i == 1),
-            duration_ms: ms,
+            collateral_restarts: u32::from(index == 1),
+            duration_ms,
             faults: vec![],
             error: None,
             values: vec![],
             runs: vec![],
-        };
+        }
+    }
+
+    /// The counts kept as records land are the counts of the records, for every outcome, and
+    /// read together with them they agree.
+    #[test]
+    fn the_tally_counts_what_the_records_hold() {
+        let records = Records::default();
+        assert_eq!(records.tally(), Tally::default());
+        let outcomes = [
+            Outcome::Ok,
+            Outcome::Failed,
+            Outcome::Ok,
+            Outcome::Timeout,
+            Outcome::Retried,
+            Outcome::Cancelled,
+            Outcome::Ok,
+        ];
+        for (i, &o) in outcomes.iter().enumerate() {
+            records.push(rec(i as u64, o, 10));
+        }
+        let (all, t) = records.snapshot_with_tally();
+        assert_eq!(t, records.tally());
+        assert_eq!(t.finished, all.len() as u64);
+        for o in Outcome::ALL {
+            let n = all.iter().filter(|r| r.outcome == o).count() as u64;
+            assert_eq!(t.get(o), n, "{o:?}");
+            assert_eq!(t.by_name()[o.as_str()], n, "{o:?}");
+        }
+        assert_eq!(t.get(Outcome::Ok), 3);
+        assert_eq!(t.by_name().len(), Outcome::ALL.len());
+    }
+
+    #[test]
+    fn summary_counts_outcomes_and_leaks() {
         let s = build(
             "j",
             "/tmp/x",

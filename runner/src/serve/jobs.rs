@@ -31,7 +31,6 @@ use tokio_util::task::TaskTracker;
 use crate::exec::{self, JobEnv, JobPlan};
 use crate::faults::Fault;
 use crate::job::{self, Job};
-use crate::metrics::Outcome;
 use crate::pool::PoolConfig;
 use crate::signal::Shutdown;
 use crate::summary::{self, Records, Summary};
@@ -164,27 +163,23 @@ impl Jobs {
     }
 
     fn status(&self, e: &Entry) -> Status {
-        let records = e.records.snapshot();
-        let mut sessions: BTreeMap<&'static str, u64> =
-            Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
-        for r in &records {
-            *sessions.entry(r.outcome.as_str()).or_default() += 1;
-        }
         let summary = e.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // A finished job's summary has every record: its status needs only the counts.
+        let (records, tally) = if summary.is_some() {
+            (Vec::new(), e.records.tally())
+        } else {
+            e.records.snapshot_with_tally()
+        };
         Status {
             id: e.id.clone(),
             job: e.name.clone(),
             state: *e.state.lock().unwrap_or_else(|p| p.into_inner()),
             sessions_planned: e.planned,
-            sessions_finished: records.len(),
-            sessions,
+            sessions_finished: usize::try_from(tally.finished).unwrap_or(usize::MAX),
+            sessions: tally.by_name(),
             elapsed_seconds: e.started.elapsed().as_secs_f64(),
             artifacts: self.artifacts.display().to_string(),
-            records: if summary.is_some() {
-                Vec::new()
-            } else {
-                records
-            },
+            records,
             summary,
         }
     }
