@@ -102,6 +102,20 @@ fi
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 
+# A cell runs under `timeout`, which puts itself in a process group of its own: a SIGTERM or a
+# Ctrl-C of this script would not reach it, and the cell's browsers would run on. Stopping the
+# script stops the cell in progress: `timeout` passes the signal to the cell's `unshare`, whose
+# --kill-child takes the whole PID namespace with it.
+CELL_PID=""
+stop_cell() {
+  if [ -n "$CELL_PID" ]; then
+    kill -TERM "$CELL_PID" 2>/dev/null || true
+    wait "$CELL_PID" 2>/dev/null || true
+  fi
+  exit 143
+}
+trap stop_cell TERM INT HUP
+
 # run_cell NAME TOOL MODE SESSIONS CONCURRENCY
 run_cell() {
   local name=$1 tool=$2 mode=$3 n=$4 c=$5
@@ -123,8 +137,11 @@ run_cell() {
     "$PYTHON" "$HERE/cell.py" --tool "$tool" --mode "$mode" --sessions "$n" --concurrency "$c" \
     --cell-dir "$dir" --tmp "$tmp" --site "$HERE/site" --port "$PORT" --peers "$PEERS" --runner "$RUNNER" \
     --job "$HERE/job.yaml" --chromium "$CHROMIUM" ${cgfile:+--cpuacct "$cgfile"} \
-    > "$dir/cell.out" 2> "$dir/cell.err"
+    > "$dir/cell.out" 2> "$dir/cell.err" &
+  CELL_PID=$!
+  wait "$CELL_PID"
   local rc=$?
+  CELL_PID=""
   set -e
   [ $rc = 0 ] || echo "   cell exited $rc (see $dir/cell.err)"
   tail -n1 "$dir/cell.out" | cut -c1-220
