@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use leakwarden_tests::runner::run_with_deadline;
 use leakwarden_tests::{bin, can_unshare, chromium, in_pid_namespace, workspace_root};
 
 /// Namespace init (PID 1): run the runner, then list every other process still in the
@@ -160,4 +161,114 @@ fn browser_bench_job_five_sessions_leave_nothing() {
     assert_eq!(pngs, 5, "one PNG per session in {}", out.display());
     assert_eq!(entries(&run), Vec::<String>::new(), "run/profile dirs left");
     assert_eq!(entries(&tmp), Vec::<String>::new(), "TMPDIR entries left");
+}
+
+/// `cell.py` with the arguments of a runner cell on `port`, its "runner" /bin/true (were the
+/// cell to go on, it would end at once, not hang), `wrap` in front (an `unshare` command line).
+fn cell_command(wrap: &[&str], dir: &Path, port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(wrap[0]);
+    cmd.args(&wrap[1..])
+        .arg("python3")
+        .arg(workspace_root().join("tests/bench/runner-peers/cell.py"))
+        .args(["--tool", "runner", "--mode", "clean", "--sessions", "1"])
+        .args(["--concurrency", "1", "--port", &port.to_string()])
+        .arg("--cell-dir")
+        .arg(dir)
+        .arg("--tmp")
+        .arg(dir.join("tmp"))
+        .arg("--site")
+        .arg(site_dir())
+        .arg("--peers")
+        .arg(dir)
+        .args(["--runner", "/bin/true"])
+        .arg("--job")
+        .arg(workspace_root().join("tests/bench/runner-peers/job.yaml"))
+        .args(["--chromium", "/nonexistent/chromium"])
+        .stdin(Stdio::null());
+    cmd
+}
+
+const NAMESPACE_INIT: &[&str] = &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
+
+/// A bench cell serves its site itself, inside its cgroup. A server left on the port by someone
+/// else (it happened: a manual run's `http.server` held 18631 through a whole `make
+/// bench-runner`) made the cell's own server fail to bind, and `cell.py` took the other's answer
+/// for its own: the tools were served from outside the cell, that CPU uncounted. The cell now
+/// refuses the port before it starts anything.
+#[test]
+fn a_bench_cell_refuses_a_port_another_process_serves() {
+    if !can_unshare() {
+        eprintln!("SKIP: needs root (PID namespaces)");
+        return;
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = taken.local_addr().expect("local addr").port();
+    // Answer connections, as a stray static server would.
+    std::thread::spawn(move || for _ in taken.incoming() {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_with_deadline(
+        &mut cell_command(NAMESPACE_INIT, dir.path(), port),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the cell ran on a taken port: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "127.0.0.1:{port} is already served by another process"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("tool.stdout").exists(),
+        "the cell started its tool"
+    );
+}
+
+/// A cell ends by SIGKILLing every process it can see: that is its clean-up as PID 1 of its own
+/// namespace, and it killed this machine's processes when `cell.py` was once run outside one.
+/// Not PID 1, it refuses before anything else. (Checked as PID 2 of a namespace, so that a
+/// regression kills only the namespace's shell.)
+#[test]
+fn a_bench_cell_that_is_not_its_namespaces_init_refuses_to_run() {
+    if !can_unshare() {
+        eprintln!("SKIP: needs root (PID namespaces)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `sh -c '"$@"; echo ...'`: the shell is PID 1 and stays; the cell is its child.
+    let wrap = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        "-c",
+        "\"$@\"; echo \"cell exited $?\"",
+        "sh",
+    ];
+    let out = run_with_deadline(
+        &mut cell_command(&wrap, dir.path(), 9),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("cell exited 1"),
+        "the shell beside the cell was killed, or the cell did not refuse: {stdout} {stderr}"
+    );
+    assert!(
+        stderr.contains("must run as PID 1 of its own PID namespace"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "the cell wrote into its directory"
+    );
 }

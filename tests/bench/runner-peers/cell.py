@@ -165,14 +165,48 @@ def leftovers(tmp, exclude):
     }
 
 
-def wait_port(port, deadline=10.0):
+def port_served(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def refuse_served_port(port):
+    """A cell serves its site itself, inside its cgroup. If something already listens on the
+    port (a server left by a manual run, another bench), the cell's own server would fail to bind
+    and the tool would be served by that other process — outside the cell, its CPU not counted."""
+    if port_served(port):
+        raise SystemExit(
+            f"127.0.0.1:{port} is already served by another process; a cell serves its own site "
+            "(stop that process or choose another port: BENCH_PORT)"
+        )
+
+
+def refuse_unless_namespace_init():
+    """A cell ends by SIGKILLing every process it can see: safe only as PID 1 of a PID namespace
+    of its own. Anywhere else (run by hand, by a script that forgot `unshare`) it would kill the
+    host's processes: refuse before anything else."""
+    if os.getpid() != 1:
+        raise SystemExit(
+            f"{os.path.basename(sys.argv[0])} must run as PID 1 of its own PID namespace "
+            "(unshare --pid --fork --mount-proc --kill-child ...): it ends by killing every "
+            f"process it can see, and here it is PID {os.getpid()}"
+        )
+
+
+def wait_port(port, server, deadline=10.0):
+    """Until the cell's own server listens on the port; it must still be running then."""
     t = time.monotonic() + deadline
     while time.monotonic() < t:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if server.poll() is not None:
+            raise SystemExit(f"static server exited ({server.returncode}) before it listened on 127.0.0.1:{port}")
+        if port_served(port):
+            if server.poll() is not None:
+                raise SystemExit(f"static server exited ({server.returncode}); 127.0.0.1:{port} is another's")
+            return
+        time.sleep(0.05)
     raise SystemExit(f"static server did not listen on 127.0.0.1:{port}")
 
 
@@ -226,6 +260,7 @@ def pct(sorted_vals, p):
 
 
 def main():
+    refuse_unless_namespace_init()
     ap = argparse.ArgumentParser()
     for k in ("tool", "mode", "cell-dir", "site", "peers", "runner", "job", "chromium"):
         ap.add_argument("--" + k, required=True)
@@ -254,11 +289,12 @@ def main():
     stdout_path = os.path.join(a.cell_dir, "tool.stdout")
     stderr_path = os.path.join(a.cell_dir, "tool.stderr")
 
+    refuse_served_port(a.port)
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(a.port), "--bind", "127.0.0.1", "--directory", a.site],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    wait_port(a.port)
+    wait_port(a.port, server)
 
     env = dict(os.environ)
     env["TMPDIR"] = tmp

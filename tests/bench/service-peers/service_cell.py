@@ -198,6 +198,7 @@ def kill(procs):
 
 
 def main():
+    base.refuse_unless_namespace_init()
     ap = argparse.ArgumentParser()
     for k in ("target", "client", "mode", "cell-dir", "tmp", "site", "runner", "bench-dir", "chromium"):
         ap.add_argument("--" + k, required=True)
@@ -210,9 +211,10 @@ def main():
     out = os.path.join(a.cell_dir, "out")
     os.makedirs(out, exist_ok=True)
     a.site_url = f"http://127.0.0.1:{a.port}"
+    base.refuse_served_port(a.port)
     site = subprocess.Popen([sys.executable, "-m", "http.server", str(a.port), "--bind", "127.0.0.1",
                              "--directory", a.site], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base.wait_port(a.port)
+    base.wait_port(a.port, site)
     env = dict(os.environ, TMPDIR=a.tmp, NODE_PATH=os.path.join(ROOT, "tests/clients/node_modules"),
                RUST_LOG=os.environ.get("RUST_LOG", "info"))
     a.env = env
