@@ -111,7 +111,13 @@ pub async fn run(
 
     let total = cfg.job.sessions;
     let job = Arc::new(cfg.job.clone());
-    let records = Records::default();
+    // Each session's record (~1 KB) is kept only if `--summary-json` will write it; the table
+    // needs the counts alone.
+    let records = if cfg.summary_json.is_some() {
+        Records::default()
+    } else {
+        Records::counts_only()
+    };
     let progress_stop = CancellationToken::new();
     services.tasks.spawn(summary::progress(
         records.clone(),
@@ -175,7 +181,7 @@ pub async fn run(
         total,
         job.concurrency,
         done.wall,
-        records.snapshot(),
+        records.take(),
         done.stats,
         done.extra_leaks,
         stale_removed,

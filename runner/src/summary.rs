@@ -46,16 +46,29 @@ pub struct RunRecord {
     pub collateral: Option<crate::metrics::Collateral>,
 }
 
-/// Shared, append-only record of finished sessions, with the count of each outcome kept as
-/// they land: the progress line and a job's status read the counts, not a copy of every
-/// record (which, every 500 ms on a terminal, cost time in proportion to the sessions run).
-#[derive(Debug, Default, Clone)]
+/// Shared, append-only record of finished sessions, with what the summary needs kept as they
+/// land (the count of each outcome, attempts, faults, the successful sessions' durations): the
+/// progress line and a job's status read the counts, not a copy of every record (which, every
+/// 500 ms on a terminal, cost time in proportion to the sessions run).
+///
+/// The records themselves (~1 KB a session: runs, errors, `evaluate` values) are kept only where
+/// something will show them — a service job's status and summary, `run --summary-json`. A
+/// [`Records::counts_only`] keeps the aggregate alone: 8 bytes a successful session, so a
+/// `run` of a million sessions holds megabytes, not a gigabyte.
+#[derive(Debug, Clone)]
 pub struct Records(Arc<Mutex<Inner>>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    keep: bool,
     all: Vec<SessionRecord>,
-    tally: Tally,
+    agg: Aggregate,
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 /// How many sessions have finished, in all and by outcome.
@@ -89,30 +102,81 @@ impl Tally {
     }
 }
 
+/// What a summary says of the sessions, gathered as each one lands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    pub tally: Tally,
+    /// Sum of the sessions' `attempts`.
+    pub attempts: u64,
+    /// Sum of the sessions' `collateral_restarts`.
+    pub collateral_restarts: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Durations of the sessions that succeeded (ok, retried), in landing order.
+    pub ok_durations_ms: Vec<u64>,
+}
+
+impl Aggregate {
+    fn add(&mut self, r: &SessionRecord) {
+        self.tally.add(r.outcome);
+        self.attempts += u64::from(r.attempts);
+        self.collateral_restarts += u64::from(r.collateral_restarts);
+        for f in &r.faults {
+            *self.faults.entry(f.as_str()).or_default() += 1;
+        }
+        if matches!(r.outcome, Outcome::Ok | Outcome::Retried) {
+            self.ok_durations_ms.push(r.duration_ms);
+        }
+    }
+}
+
 impl Records {
+    fn new(keep: bool) -> Self {
+        Self(Arc::new(Mutex::new(Inner {
+            keep,
+            all: Vec::new(),
+            agg: Aggregate::default(),
+        })))
+    }
+
+    /// Keeps what the summary counts, and no session's record.
+    pub fn counts_only() -> Self {
+        Self::new(false)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn push(&self, r: SessionRecord) {
         let mut g = self.lock();
-        g.tally.add(r.outcome);
-        g.all.push(r);
+        g.agg.add(&r);
+        if g.keep {
+            g.all.push(r);
+        }
     }
 
-    pub fn snapshot(&self) -> Vec<SessionRecord> {
-        self.lock().all.clone()
+    /// The records kept (none for [`Records::counts_only`]) and the aggregate, copied.
+    pub fn collected(&self) -> (Vec<SessionRecord>, Aggregate) {
+        let g = self.lock();
+        (g.all.clone(), g.agg.clone())
+    }
+
+    /// The records kept and the aggregate, taken out (the run is over: no copy).
+    pub fn take(&self) -> (Vec<SessionRecord>, Aggregate) {
+        let mut g = self.lock();
+        (std::mem::take(&mut g.all), std::mem::take(&mut g.agg))
     }
 
     /// The counts alone: no record is copied.
     pub fn tally(&self) -> Tally {
-        self.lock().tally
+        self.lock().agg.tally
     }
 
-    /// Every record and the counts, read together.
+    /// Every record kept and the counts, read together.
     pub fn snapshot_with_tally(&self) -> (Vec<SessionRecord>, Tally) {
         let g = self.lock();
-        (g.all.clone(), g.tally)
+        (g.all.clone(), g.agg.tally)
     }
 }
 
@@ -163,6 +227,8 @@ pub struct Summary {
     /// service job's summary (the service's process is shared by every job and connection).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runner_cpu_seconds: Option<f64>,
+    /// Every session's record, by index; empty where none was kept ([`Records::counts_only`]:
+    /// a `run` without `--summary-json`).
     pub records: Vec<SessionRecord>,
 }
 
@@ -188,7 +254,7 @@ pub fn build(
     planned: u64,
     concurrency: usize,
     wall: Duration,
-    mut records: Vec<SessionRecord>,
+    (mut records, agg): (Vec<SessionRecord>, Aggregate),
     pool: PoolStats,
     extra_leaks: u64,
     stale_removed: u64,
@@ -196,20 +262,8 @@ pub fn build(
     interrupted: bool,
 ) -> Summary {
     records.sort_by_key(|r| r.index);
-    let mut sessions: BTreeMap<&'static str, u64> =
-        Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
-    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for r in &records {
-        *sessions.entry(r.outcome.as_str()).or_default() += 1;
-        for f in &r.faults {
-            *faults.entry(f.as_str()).or_default() += 1;
-        }
-    }
-    let mut ds: Vec<u64> = records
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Ok | Outcome::Retried))
-        .map(|r| r.duration_ms)
-        .collect();
+    let sessions = agg.tally.by_name();
+    let mut ds = agg.ok_durations_ms;
     ds.sort_unstable();
     let mean = if ds.is_empty() {
         0
@@ -223,12 +277,9 @@ pub fn build(
         job: job.to_string(),
         run_dir: run_dir.to_string(),
         sessions_planned: planned,
-        not_started: planned.saturating_sub(records.len() as u64),
-        attempts: records.iter().map(|r| u64::from(r.attempts)).sum(),
-        collateral_restarts: records
-            .iter()
-            .map(|r| u64::from(r.collateral_restarts))
-            .sum(),
+        not_started: planned.saturating_sub(agg.tally.finished),
+        attempts: agg.attempts,
+        collateral_restarts: agg.collateral_restarts,
         sessions,
         concurrency,
         wall_seconds: secs,
@@ -245,7 +296,7 @@ pub fn build(
         },
         browsers_launched: pool.browsers_launched,
         launch_failures: pool.launch_failures,
-        faults_injected: faults,
+        faults_injected: agg.faults,
         cleanup: Cleanup {
             browsers_closed: pool.browsers_closed,
             processes_signalled: pool.processes_signalled,
@@ -266,13 +317,18 @@ pub fn build(
 }
 
 impl Summary {
+    /// Sessions that finished, whatever their outcome.
+    pub fn finished(&self) -> u64 {
+        self.sessions.values().sum()
+    }
+
     pub fn table(&self) -> String {
         let s = &self.sessions;
         let mut out = String::new();
         out.push_str(&format!(
             "leakwarden-runner: job `{}`, {} of {} sessions in {:.1} s at concurrency {} ({:.1} sessions/min){}\n",
             self.job,
-            self.records.len(),
+            self.finished(),
             self.sessions_planned,
             self.wall_seconds,
             self.concurrency,
@@ -345,7 +401,7 @@ impl Summary {
                 "runner's own CPU".into(),
                 format!(
                     "{cpu:.2} s ({:.1} ms per session)",
-                    cpu * 1e3 / (self.records.len().max(1) as f64)
+                    cpu * 1e3 / (self.finished().max(1) as f64)
                 ),
             ));
         }
@@ -407,6 +463,7 @@ pub async fn progress(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn percentiles_nearest_rank() {
@@ -461,6 +518,14 @@ mod tests {
         assert_eq!(t.by_name().len(), Outcome::ALL.len());
     }
 
+    fn collected(recs: Vec<SessionRecord>) -> (Vec<SessionRecord>, Aggregate) {
+        let r = Records::default();
+        for x in recs {
+            r.push(x);
+        }
+        r.take()
+    }
+
     #[test]
     fn summary_counts_outcomes_and_leaks() {
         let s = build(
@@ -469,11 +534,11 @@ mod tests {
             4,
             2,
             Duration::from_secs(60),
-            vec![
+            collected(vec![
                 rec(1, Outcome::Ok, 100),
                 rec(0, Outcome::Retried, 300),
                 rec(2, Outcome::Failed, 9000),
-            ],
+            ]),
             PoolStats {
                 browsers_launched: 2,
                 dirs_left: 1,
@@ -494,5 +559,94 @@ mod tests {
         assert_eq!(s.collateral_restarts, 1);
         assert_eq!(s.records[0].index, 0);
         assert!(s.table().contains("sessions failed"));
+        assert!(s.table().contains("3 of 4 sessions"), "{}", s.table());
+    }
+
+    /// A `run` without `--summary-json` keeps no session's record (they were ~1 KB each, held
+    /// to the run's end: a million sessions held a gigabyte to print a table of counts).
+    #[test]
+    fn a_counts_only_run_keeps_no_record() {
+        let r = Records::counts_only();
+        for i in 0..10_000 {
+            let mut x = rec(i, Outcome::Ok, i);
+            x.error = Some("a long error message ".repeat(20));
+            x.runs = vec![RunRecord::default(); 3];
+            r.push(x);
+        }
+        let (all, agg) = r.collected();
+        assert!(all.is_empty(), "kept {} records", all.len());
+        assert!(r.snapshot_with_tally().0.is_empty());
+        assert_eq!(agg.tally.finished, 10_000);
+        assert_eq!(agg.ok_durations_ms.len(), 10_000);
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        proptest::sample::select(Outcome::ALL.to_vec())
+    }
+
+    fn record() -> impl Strategy<Value = SessionRecord> {
+        (
+            outcome(),
+            0u32..5,
+            0u32..4,
+            0u64..100_000,
+            proptest::collection::vec(proptest::sample::select(Fault::ALL.to_vec()), 0..3),
+        )
+            .prop_map(
+                |(outcome, attempts, collateral_restarts, duration_ms, faults)| SessionRecord {
+                    index: 0,
+                    outcome,
+                    attempts,
+                    collateral_restarts,
+                    duration_ms,
+                    faults,
+                    error: None,
+                    values: vec![],
+                    runs: vec![],
+                },
+            )
+    }
+
+    proptest! {
+        /// Whatever the sessions, a summary of counts alone says what a summary of every
+        /// record says — and both say what the records themselves hold.
+        #[test]
+        fn counts_only_summarises_as_the_records_do(
+            mut recs in proptest::collection::vec(record(), 0..60),
+            planned_extra in 0u64..5,
+        ) {
+            for (i, r) in recs.iter_mut().enumerate() {
+                r.index = i as u64;
+            }
+            let planned = recs.len() as u64 + planned_extra;
+            let (full, counts) = (Records::default(), Records::counts_only());
+            for r in recs.iter().rev() {
+                full.push(r.clone());
+                counts.push(r.clone());
+            }
+            let summarise = |c| build("j", "/d", planned, 2, Duration::from_secs(30), c,
+                PoolStats::default(), 0, 0, true, false);
+            let (a, b) = (summarise(full.take()), summarise(counts.take()));
+            prop_assert_eq!(a.records.len(), recs.len());
+            prop_assert!(b.records.is_empty());
+            prop_assert_eq!(serde_json::to_value(&a.sessions).ok(), serde_json::to_value(&b.sessions).ok());
+            prop_assert_eq!(a.table(), b.table());
+            prop_assert_eq!(a.attempts, b.attempts);
+            prop_assert_eq!(a.not_started, b.not_started);
+            prop_assert_eq!(&a.faults_injected, &b.faults_injected);
+            prop_assert_eq!(serde_json::to_value(&a.durations).ok(), serde_json::to_value(&b.durations).ok());
+            // Against the records themselves.
+            for o in Outcome::ALL {
+                prop_assert_eq!(a.sessions[o.as_str()], recs.iter().filter(|r| r.outcome == o).count() as u64);
+            }
+            prop_assert_eq!(a.attempts, recs.iter().map(|r| u64::from(r.attempts)).sum::<u64>());
+            prop_assert_eq!(a.collateral_restarts, recs.iter().map(|r| u64::from(r.collateral_restarts)).sum::<u64>());
+            prop_assert_eq!(a.faults_injected.values().sum::<u64>(), recs.iter().map(|r| r.faults.len() as u64).sum::<u64>());
+            let mut ok: Vec<u64> = recs.iter().filter(|r| matches!(r.outcome, Outcome::Ok | Outcome::Retried)).map(|r| r.duration_ms).collect();
+            ok.sort_unstable();
+            prop_assert_eq!(a.durations.max_ms, ok.last().copied().unwrap_or(0));
+            prop_assert_eq!(a.durations.p50_ms, percentile(&ok, 50.0));
+            prop_assert!(a.records.windows(2).all(|w| w[0].index < w[1].index));
+        }
     }
 }

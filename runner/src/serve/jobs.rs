@@ -402,7 +402,7 @@ impl Jobs {
             plan.job.sessions,
             plan.job.concurrency,
             done.wall,
-            e.records.snapshot(),
+            e.records.collected(),
             done.stats,
             done.extra_leaks,
             0,
