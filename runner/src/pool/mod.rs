@@ -1058,8 +1058,9 @@ pub(crate) mod testkit {
 
 #[cfg(test)]
 mod tests {
-    use super::testkit::{config, in_private_pid_namespace, kit, kit_with_spec};
+    use super::testkit::{config, in_private_pid_namespace, kit, kit_with_spec, Kit};
     use super::*;
+    use std::path::PathBuf;
 
     /// Generous: only a failing test waits this long.
     const PATIENCE: Duration = Duration::from_secs(120);
@@ -1355,6 +1356,27 @@ mod tests {
         });
     }
 
+    /// A kit of one-browser pools and, outside its pool, one browser launched with the kit's
+    /// spec (30 s launch timeout, `extra_args`) in the kit's directory.
+    async fn one_browser(chromium: PathBuf, extra_args: &[&str]) -> (Kit, Spec, Browser) {
+        let mut spec = Spec::new(chromium);
+        spec.launch_timeout = Duration::from_secs(30);
+        spec.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let k = kit_with_spec(
+            config(1, Duration::from_millis(1)),
+            spec.clone(),
+            CancellationToken::new(),
+        );
+        let browser = tokio::time::timeout(
+            PATIENCE,
+            Browser::launch(1, k.dir.path().join("b1"), &spec, k.pool.env(), Mode::Owned),
+        )
+        .await
+        .expect("launched in time")
+        .expect("launched");
+        (k, spec, browser)
+    }
+
     /// With Chromium 156's defaults every new context got two `browser_ui` targets
     /// (`chrome://omnibox-popup.top-chrome/…`) in a WebUI renderer of their own: a second
     /// renderer per session, about 40 % of a bench session's CPU. A session's context has its
@@ -1370,22 +1392,9 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
             use chromiumoxide::cdp::browser_protocol::target::GetTargetsParams;
-            let mut spec = Spec::new(chromium);
-            spec.launch_timeout = Duration::from_secs(30);
-            spec.extra_args = vec!["--disable-features=Translate,SomethingElse".into()];
-            let k = kit_with_spec(
-                config(1, Duration::from_millis(1)),
-                spec.clone(),
-                CancellationToken::new(),
-            );
+            let (k, spec, browser) =
+                one_browser(chromium, &["--disable-features=Translate,SomethingElse"]).await;
             let env = k.pool.env();
-            let browser = tokio::time::timeout(
-                PATIENCE,
-                Browser::launch(1, k.dir.path().join("b1"), &spec, env, Mode::Owned),
-            )
-            .await
-            .expect("launched in time")
-            .expect("launched");
             let ctx = browser.new_context().await.expect("context");
             let page = browser.new_page(&ctx).await.expect("page");
             // chromiumoxide turns the Performance domain on for every page; ours is off (an
@@ -1445,26 +1454,13 @@ mod tests {
         };
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
-            let mut spec = Spec::new(chromium);
-            spec.launch_timeout = Duration::from_secs(30);
-            let k = kit_with_spec(
-                config(1, Duration::from_millis(1)),
-                spec.clone(),
-                CancellationToken::new(),
-            );
+            let (k, spec, browser) = one_browser(chromium, &[]).await;
             let env = k.pool.env();
             let site_stop = CancellationToken::new();
             let site_tasks = TaskTracker::new();
             let site = crate::site::start(0, &site_tasks, site_stop.clone())
                 .await
                 .expect("site");
-            let browser = tokio::time::timeout(
-                PATIENCE,
-                Browser::launch(1, k.dir.path().join("b1"), &spec, env, Mode::Owned),
-            )
-            .await
-            .expect("launched in time")
-            .expect("launched");
             // In this PID namespace every renderer is this browser's.
             let renderers = || {
                 let (cmdlines, err) = crate::proc::Procfs::new("/proc").cmdlines(0);
