@@ -156,13 +156,8 @@ impl Records {
         }
     }
 
-    /// The records kept (none for [`Records::counts_only`]) and the aggregate, copied.
-    pub fn collected(&self) -> (Vec<SessionRecord>, Aggregate) {
-        let g = self.lock();
-        (g.all.clone(), g.agg.clone())
-    }
-
-    /// The records kept and the aggregate, taken out (the run is over: no copy).
+    /// The records kept (none for [`Records::counts_only`]) and the aggregate, taken out
+    /// for the summary (the run is over: no copy).
     pub fn take(&self) -> (Vec<SessionRecord>, Aggregate) {
         let mut g = self.lock();
         (std::mem::take(&mut g.all), std::mem::take(&mut g.agg))
@@ -573,7 +568,7 @@ mod tests {
             x.runs = vec![RunRecord::default(); 3];
             r.push(x);
         }
-        let (all, agg) = r.collected();
+        let (all, agg) = r.take();
         assert!(all.is_empty(), "kept {} records", all.len());
         assert!(r.snapshot_with_tally().0.is_empty());
         assert_eq!(agg.tally.finished, 10_000);

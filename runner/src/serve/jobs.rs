@@ -163,20 +163,26 @@ impl Jobs {
     }
 
     fn status(&self, e: &Entry) -> Status {
-        let summary = e.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        // A finished job's summary has every record: its status needs only the counts.
-        let (records, tally) = if summary.is_some() {
-            (Vec::new(), e.records.tally())
-        } else {
-            e.records.snapshot_with_tally()
+        // Read under the summary's lock: a finishing job moves its records into its summary
+        // under the same lock, so a status sees them in one place or the other, never neither.
+        let slot = e.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let summary = slot.clone();
+        // A finished job's summary has every record and the counts: its status needs the counts.
+        let (records, sessions, finished) = match &summary {
+            Some(s) => (Vec::new(), s.sessions.clone(), s.finished()),
+            None => {
+                let (records, tally) = e.records.snapshot_with_tally();
+                (records, tally.by_name(), tally.finished)
+            }
         };
+        drop(slot);
         Status {
             id: e.id.clone(),
             job: e.name.clone(),
             state: *e.state.lock().unwrap_or_else(|p| p.into_inner()),
             sessions_planned: e.planned,
-            sessions_finished: usize::try_from(tally.finished).unwrap_or(usize::MAX),
-            sessions: tally.by_name(),
+            sessions_finished: usize::try_from(finished).unwrap_or(usize::MAX),
+            sessions,
             elapsed_seconds: e.started.elapsed().as_secs_f64(),
             artifacts: self.artifacts.display().to_string(),
             records,
@@ -396,13 +402,16 @@ impl Jobs {
             }
         };
         let interrupted = e.cancel.intake.is_cancelled();
+        // The records move into the summary (kept once, not twice, for each finished job the
+        // service remembers), under the lock `status` reads them under.
+        let mut slot = e.summary.lock().unwrap_or_else(|p| p.into_inner());
         let summary = summary::build(
             &plan.job.name,
             &plan.dir.display().to_string(),
             plan.job.sessions,
             plan.job.concurrency,
             done.wall,
-            e.records.collected(),
+            e.records.take(),
             done.stats,
             done.extra_leaks,
             0,
@@ -410,7 +419,8 @@ impl Jobs {
             interrupted,
         );
         tracing::info!(job = %e.id, ok = summary.sessions["ok"], failed = summary.sessions["failed"], leaks = summary.cleanup.leaks, seconds = done.wall.as_secs_f64(), "job finished");
-        *e.summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
+        *slot = Some(summary);
+        drop(slot);
         *e.state.lock().unwrap_or_else(|p| p.into_inner()) = if interrupted {
             State::Cancelled
         } else {
