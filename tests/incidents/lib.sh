@@ -199,6 +199,17 @@ metric_cmp() {
   got=$(metric "$name" "$@")
   [[ -n $got ]] && awk -v a="$got" -v b="$v" "BEGIN{exit !(a $op b)}"
 }
+# fresh_scan WHAT — wait until the sidecar's metrics come from a scan of /proc begun after this
+# call (WHAT says after what): two more completed scans, since one may have been under way. A
+# count read at once after a bot's exit can come from a scan taken while the bot was closing
+# its own browsers, whose last processes are orphans for that moment.
+fresh_scan() {
+  local n0
+  n0=$(metric leakwarden_scans_total) || n0=
+  [[ -n $n0 ]] || die "no leakwarden_scans_total from the sidecar"
+  _scanned_since() { metric_cmp leakwarden_scans_total '>=' "$(awk -v n="$n0" 'BEGIN{print n + 2}')"; }
+  wait_until "a scan of /proc begun after $1" 10 _scanned_since
+}
 # show_metrics REGEX — the sidecar's metric lines matching REGEX (what a person would grep).
 show_metrics() { { metrics "${2:-$SIDECAR}" | grep -E "$1" | grep -v '^#' | sed 's/^/  /'; } || true; }
 save_metrics() { metrics "${2:-$SIDECAR}" >"$OUT/$1"; }

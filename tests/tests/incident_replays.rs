@@ -396,6 +396,20 @@ fn incident_leaky_bot() {
     let o1: f64 = r.file("orphans-after-run-1").trim().parse().unwrap();
     let o2: f64 = r.file("orphans-after-run-2").trim().parse().unwrap();
     assert!(o1 >= 2.0 && o2 > o1, "orphaned trees {o1} → {o2}");
+    // Exactly the abandoned browsers: one tree each, counted once the bot's own browsers had
+    // closed (a count taken during their close once held their last processes too: 5 for 2).
+    let abandoned = |run: &str| {
+        r.json(run)["faults_injected"]["abandon"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let (a1, a2) = (abandoned("bot-run-1.json"), abandoned("bot-run-2.json"));
+    assert_eq!(o1, a1, "orphaned trees after run 1 vs browsers abandoned");
+    assert_eq!(
+        o2,
+        a1 + a2,
+        "orphaned trees after run 2 vs browsers abandoned"
+    );
     let scan = r.json("scan-detect.json");
     let trees = arr(&scan, "trees");
     assert_eq!(trees.len() as f64, o2, "{scan:#}");
