@@ -43,15 +43,26 @@ pub fn wait_for<T>(
     what: &str,
     deadline: Duration,
     every: Duration,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> T {
+    try_wait_for(deadline, every, f)
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// [`wait_for`] that returns `None` at the deadline, for a caller whose failure message needs
+/// more than the wait's name (the logs of what it waited on).
+pub fn try_wait_for<T>(
+    deadline: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(every);
     }

@@ -500,31 +500,50 @@ pub fn scrape_programs(dir: &Path) -> (BTreeSet<String>, String) {
     let mut cmd = crate::in_pid_namespace("sh");
     cmd.arg("-c").arg(script).env("TMPDIR", dir);
     let mut d = Daemon::spawn("sidecar+runner", &mut cmd, dir);
-    wait_http_ok(&mut d, &sidecar_addr, "/metrics", Duration::from_secs(30));
-    // The runner exits after its sessions: keep its last scrape. The sidecar then sees the
-    // abandoned browser orphaned and decides (dry-run) to kill it.
     let scrape = |addr: &str| {
         http_get(addr, "/metrics")
             .ok()
             .filter(|r| r.status == 200)
             .map(|r| r.body)
     };
-    let mut runner = String::new();
-    let sidecar = wait_for(
-        "the runner's sessions and a dry-run kill decision in the sidecar's /metrics",
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        || {
+    // The runner exits after its two sessions (a few seconds): scrape it first and often, and
+    // keep its last scrape. Waiting for the sidecar first once let the runner run and exit
+    // before its first scrape (a loaded fresh clone's `make test`: 120 s with no runner scrape).
+    let mut runner =
+        crate::try_wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
             d.assert_running();
-            if let Some(r) = scrape(&runner_addr) {
-                runner = r;
-            }
-            let s = scrape(&sidecar_addr)?;
-            (runner.contains("leakwarden_runner_sessions_total{")
-                && s.contains("leakwarden_kills_total{"))
-            .then_some(s)
-        },
-    );
+            scrape(&runner_addr)
+        })
+        .unwrap_or_else(|| panic!("the runner's /metrics never answered\n{}", d.log()));
+    wait_http_ok(&mut d, &sidecar_addr, "/metrics", Duration::from_secs(30));
+    // The sidecar then sees the abandoned browser orphaned and decides (dry-run) to kill it.
+    let mut last_sidecar = String::new();
+    let deadline = Duration::from_secs(120);
+    let sidecar = crate::try_wait_for(deadline, Duration::from_millis(500), || {
+        d.assert_running();
+        if let Some(r) = scrape(&runner_addr) {
+            runner = r;
+        }
+        last_sidecar = scrape(&sidecar_addr)?;
+        (runner.contains("leakwarden_runner_sessions_total{")
+            && last_sidecar.contains("leakwarden_kills_total{"))
+        .then(|| last_sidecar.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out after {deadline:?} waiting for the runner's sessions and a dry-run kill \
+             decision in the sidecar's /metrics: runner's sessions scraped: {}, sidecar's kill \
+             decision: {}\n--- sidecar's last /metrics (orphans, kills) ---\n{}\n{}",
+            runner.contains("leakwarden_runner_sessions_total{"),
+            last_sidecar.contains("leakwarden_kills_total{"),
+            last_sidecar
+                .lines()
+                .filter(|l| l.contains("orphan") || l.contains("kills") || l.contains("trees"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            d.log()
+        )
+    });
     let service = wait_for(
         "the runner service's /metrics",
         Duration::from_secs(30),
